@@ -1,0 +1,1 @@
+"""Compiled kernels (Cython). Built by `pip install -e .`; see setup.py."""

@@ -1,0 +1,1 @@
+"""Orchestration: config models, the stage plan, engine adapters and the CLI."""

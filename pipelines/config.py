@@ -1,0 +1,184 @@
+"""Typed run configuration, validated in full before any work starts.
+
+A YAML file is loaded, `--set a.b=value` overrides are applied, and the result is
+validated into the models below. Unknown keys, wrong types and impossible values raise
+`ConfigError`, whose message names the key and what is allowed; the CLI turns it into
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(Section):
+    paths: list[str] = Field(min_length=1, description="fsspec URLs or globs of JSONL(.gz|.zst) or Parquet files")
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    text_field: str = "text"
+    id_field: str | None = Field(None, description="field holding a document id; when absent ids are <file>:<line> or <file>:<row>")
+    keep_fields: list[str] = Field(default_factory=list, description="extra input fields carried to the output")
+    max_doc_bytes: int = Field(1_000_000, gt=0, description="documents larger than this (UTF-8 bytes) are quarantined")
+    task_bytes: int = Field(64 << 20, ge=1 << 16, description="uncompressed JSONL files are split into tasks of about this size")
+    parquet_rows_per_task: int = Field(100_000, gt=0)
+
+
+class EngineConfig(Section):
+    kind: Literal["ray", "local"] = "ray"
+    workers: int = Field(2, ge=1, description="CPUs the embedded Ray cluster may use (ignored with an address)")
+    address: str | None = Field(None, description="Ray cluster address (e.g. ray://head:10001 or auto); none starts a local cluster")
+
+
+class NormalizeConfig(Section):
+    enabled: bool = True
+    fix_encoding: bool = Field(True, description="repair mojibake with ftfy")
+    unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
+    remove_control: bool = True
+    normalize_whitespace: bool = True
+    max_blank_lines: int = Field(2, ge=0)
+
+
+class LangIdConfig(Section):
+    enabled: bool = True
+    backend: Literal["fasttext", "pycld2"] = "fasttext"
+    model_path: str | None = Field(None, description="a fastText-format model file (e.g. GlotLID); default: bundled lid.176.ftz")
+    keep: list[str] | None = Field(None, description="language codes to keep; null keeps all")
+    threshold: float = Field(0.0, ge=0.0, le=1.0, description="default minimum score")
+    thresholds: dict[str, float | Literal["auto"]] = Field(default_factory=dict, description="per-language minimum score, or 'auto'")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_unit_interval(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for lang, t in v.items():
+            if t != "auto" and not 0.0 <= float(t) <= 1.0:
+                raise ValueError(f"threshold for {lang!r} is {t}; allowed: a number in [0, 1] or 'auto'")
+        return v
+
+
+class DedupExactConfig(Section):
+    enabled: bool = True
+    lowercase: bool = True
+    fold_whitespace: bool = True
+    strip_punctuation: bool = True
+    strip_digits: bool = False
+
+
+class DedupNearConfig(Section):
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0.0, lt=1.0)
+    num_perm: int = Field(256, ge=16, le=4096)
+    ngram: int = Field(5, ge=1, le=32)
+    bands: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    verify: bool = True
+    seed: int = 1
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> "DedupNearConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither (then they are derived from threshold and num_perm)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}; "
+                             "choose bands and rows whose product is at most num_perm")
+        return self
+
+
+class OutputConfig(Section):
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class RunConfig(Section):
+    run_root: str = Field(description="fsspec URL under which every step writes <step>/<version>/")
+    input: InputConfig
+    engine: EngineConfig = EngineConfig()
+    normalize: NormalizeConfig = NormalizeConfig()
+    langid: LangIdConfig = LangIdConfig()
+    dedup_exact: DedupExactConfig = DedupExactConfig()
+    dedup_near: DedupNearConfig = DedupNearConfig()
+    output: OutputConfig = OutputConfig()
+    progress: bool = True
+    shuffle_rows_per_bucket: int = Field(500_000, gt=0, description="rows per bucket in dedup shuffles; sets bucket counts from the data, not the worker count")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML scalars/lists."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set dedup_near.threshold=0.85")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key; remove it or check its spelling")
+        elif e["type"] == "missing":
+            lines.append(f"{loc}: required key is missing")
+        elif e["type"] == "literal_error":
+            lines.append(f"{loc}: {e['input']!r} is not allowed; {e['msg'].lower()}")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str, overrides: list[str] | None = None, check_inputs: bool = True) -> RunConfig:
+    """Load, override and validate a config. Raises ConfigError with a readable message."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
+    return parse_config(apply_overrides(raw, overrides or []), check_inputs=check_inputs)
+
+
+def parse_config(raw: dict[str, Any], check_inputs: bool = True) -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+    if check_inputs:
+        from pipelines.io import expand_inputs
+
+        try:
+            expand_inputs(cfg.input.paths)
+        except FileNotFoundError as e:
+            raise ConfigError(f"input.paths: {e}") from None
+        except ImportError as e:
+            raise ConfigError(f"input.paths: the filesystem for this URL is not installed ({e}); "
+                              "install the extra, e.g. pip install 'tokenmill[s3]'") from None
+    return cfg
+
+
+def stable_hash(obj: Any, length: int = 20) -> str:
+    """A long, stable hash of JSON-serialisable data (sorted keys)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]

@@ -1,0 +1,160 @@
+"""Storage helpers over fsspec: URL handling, atomic writes, input discovery.
+
+Every path in tokenmill is an fsspec URL (a plain local path is one too), so the same
+code writes to a laptop disk, `memory://` in tests, or an object store on a cluster.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of a URL and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
+def join(url: str, *parts: str) -> str:
+    if "://" in url:
+        proto, rest = url.split("://", 1)
+        return f"{proto}://{posixpath.join(rest, *parts)}"
+    return os.path.join(url, *parts)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def atomic_write_bytes(url: str, data: bytes) -> None:
+    """Write to a unique temporary name next to the target, then rename.
+
+    On local disks the rename is atomic; on object stores a single PUT is, and `mv` there
+    is copy+delete of a complete object, so a reader never sees a partial file either way.
+    """
+    fs, path = filesystem(url)
+    parent = posixpath.dirname(path) if protocol_of(url) != "file" else os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+        if protocol_of(url) == "file":
+            f.flush()
+            os.fsync(f.fileno())
+    fs.mv(tmp, path)
+
+
+def atomic_write_json(url: str, obj: Any) -> None:
+    atomic_write_bytes(url, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_parquet(url: str, table: pa.Table, compression: str = "zstd") -> str:
+    """Write a table atomically as Parquet; returns the sha256 of the file bytes."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression=compression)
+    data = sink.getvalue()
+    atomic_write_bytes(url, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def sha256_of(url: str) -> str:
+    fs, path = filesystem(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: its URL, its name relative to the input root (used in document ids
+    and so independent of where the data is mounted), and a fingerprint of its content."""
+
+    url: str
+    rel: str
+    size: int
+    fingerprint: str
+
+
+def _glob_root(pattern: str) -> str:
+    """The directory part of a pattern before its first wildcard."""
+    head = pattern
+    for i, ch in enumerate(pattern):
+        if ch in "*?[":
+            head = pattern[:i]
+            break
+    else:
+        return posixpath.dirname(pattern)
+    return head if head.endswith("/") else posixpath.dirname(head)
+
+
+def expand_inputs(patterns: list[str]) -> list[InputFile]:
+    """Expand globs/URLs into a sorted, de-duplicated list of input files.
+
+    Raises FileNotFoundError naming the pattern when a pattern matches nothing, because a
+    silently empty run is worse than a failed one.
+    """
+    files: dict[str, InputFile] = {}
+    for pattern in patterns:
+        fs, path = filesystem(pattern)
+        proto = protocol_of(pattern)
+        if fs.isdir(path):
+            matches = sorted(p for p in fs.find(path) if not posixpath.basename(p).startswith((".", "_")))
+            root = path
+        else:
+            matches = sorted(fs.glob(path)) if _glob.has_magic(path) else ([path] if fs.exists(path) else [])
+            root = _glob_root(path)
+        if not matches:
+            raise FileNotFoundError(f"input pattern {pattern!r} matches no file")
+        for m in matches:
+            info = fs.info(m)
+            if info.get("type") == "directory":
+                continue
+            url = m if proto == "file" else f"{proto}://{m}"
+            rel = os.path.relpath(m, root) if proto == "file" else posixpath.relpath(m, root.rstrip("/") or "/")
+            # Object stores give an ETag/md5; local files size + mtime. Either changes when
+            # the content does, which is what makes step outputs content-addressed.
+            marker = info.get("ETag") or info.get("etag") or info.get("md5") or info.get("mtime") or info.get("LastModified")
+            fingerprint = hashlib.sha256(f"{info.get('size')}|{marker}".encode()).hexdigest()[:32]
+            files.setdefault(url, InputFile(url=url, rel=rel.replace(os.sep, "/"), size=int(info.get("size") or 0), fingerprint=fingerprint))
+    return sorted(files.values(), key=lambda f: f.url)

@@ -1,0 +1,61 @@
+"""Document map steps: one task per input part, part i in -> part i out.
+
+A step of this family only supplies a *processor*: a picklable callable that takes one
+Arrow table of documents and returns (kept, dropped, counters). Reading, writing, task
+records, resume and the rows-in = kept + dropped check are done here once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+import pyarrow as pa
+
+from pipelines import io
+from pipelines.steps.base import Step, StepContext, merge_counters, run_tasks, write_part
+
+Processor = Callable[[pa.Table], tuple[pa.Table, pa.Table, Counter]]
+
+
+def map_docs_task(step_url: str, index: int, in_url: str, processor: Processor, compression: str, kind_out: str = "docs") -> dict:
+    table = io.read_parquet(in_url)
+    kept, dropped, counters = processor(table)
+    if kept.num_rows + dropped.num_rows != table.num_rows:
+        raise AssertionError(f"{step_url} part {index}: {table.num_rows} rows in, {kept.num_rows} kept + {dropped.num_rows} dropped")
+    counters = Counter(counters)
+    counters["rows_in"] += table.num_rows
+    counters["rows_out"] += kept.num_rows
+    for reason in dropped.column("reason").to_pylist():
+        counters[f"dropped:{reason}"] += 1
+    return {
+        "counters": dict(counters),
+        "rows_in": table.num_rows,
+        "parts": [write_part(step_url, kind_out, index, kept, compression)],
+        "dropped": [write_part(step_url, "dropped", index, dropped, compression)],
+    }
+
+
+def map_parts(ctx: StepContext, processor: Processor, desc: str, phase: str = "map", kind_out: str = "docs", source=None) -> list[dict]:
+    """Run `processor` over every document part of the input step (or of `source` urls)."""
+    urls = source if source is not None else [ctx.input_docs().part_url(i) for i in range(ctx.input_docs().num_parts)]
+    args = [dict(in_url=u, processor=processor, compression=ctx.compression, kind_out=kind_out) for u in urls]
+    return run_tasks(ctx, map_docs_task, phase, args, desc)
+
+
+def success_payload(results: list[dict]) -> dict:
+    return {
+        "counters": merge_counters(results),
+        "parts": [p for r in results for p in r["parts"]],
+        "dropped": [p for r in results for p in r.get("dropped", [])],
+    }
+
+
+class DocMapStep(Step):
+    """A step that is one processor applied to every part."""
+
+    def processor(self, ctx: StepContext) -> Processor:
+        raise NotImplementedError
+
+    def run(self, ctx: StepContext) -> dict:
+        return success_payload(map_parts(ctx, self.processor(ctx), self.name))

@@ -1,0 +1,74 @@
+"""File-based shuffles between task phases, engine-neutral and resumable.
+
+Map tasks route rows to buckets: `<step>/<name>/bucket-B/part-P.parquet` (only non-empty
+buckets are written). A reduce task reads one bucket directory. Results addressed to the
+document parts they concern go to `<step>/<name>/part-P/bucket-B.parquet`.
+
+Bucket counts come from the data (rows / rows_per_bucket), never from the worker
+count, so outputs do not depend on parallelism.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import io
+from stages.records import ORD_PART_SHIFT
+
+
+def num_buckets(rows: int, rows_per_bucket: int) -> int:
+    return max(1, math.ceil(rows / rows_per_bucket))
+
+
+def _write_groups(base: str, outer: str, inner: str, table: pa.Table, keys: np.ndarray, compression: str) -> int:
+    written = 0
+    if table.num_rows == 0:
+        return 0
+    order = np.argsort(keys, kind="stable")
+    keys_sorted = keys[order]
+    table = table.take(pa.array(order))
+    starts = np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1]])
+    ends = np.r_[starts[1:], len(keys_sorted)]
+    for s, e in zip(starts, ends):
+        url = io.join(base, f"{outer}-{int(keys_sorted[s]):05d}", inner)
+        io.write_parquet(url, table.slice(s, e - s), compression)
+        written += 1
+    return written
+
+
+def write_buckets(step_url: str, name: str, part: int, table: pa.Table, buckets: np.ndarray, compression: str) -> int:
+    return _write_groups(io.join(step_url, name), "bucket", f"part-{part:05d}.parquet", table, buckets, compression)
+
+
+def write_by_part(step_url: str, name: str, bucket: int, table: pa.Table, compression: str) -> int:
+    parts = (table.column("ord").to_numpy() >> ORD_PART_SHIFT) if table.num_rows else np.zeros(0, np.int64)
+    return _write_groups(io.join(step_url, name), "part", f"bucket-{bucket:05d}.parquet", table, parts, compression)
+
+
+def _read_dir(url: str, schema: pa.Schema) -> pa.Table:
+    fs, path = io.filesystem(url)
+    if not fs.exists(path):
+        return schema.empty_table()
+    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+    proto = io.protocol_of(url)
+    tables = [io.read_parquet(p if proto == "file" else f"{proto}://{p}") for p in files]
+    return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
+
+
+def read_bucket(step_url: str, name: str, bucket: int, schema: pa.Schema) -> pa.Table:
+    return _read_dir(io.join(step_url, name, f"bucket-{bucket:05d}"), schema)
+
+
+def read_for_part(step_url: str, name: str, part: int, schema: pa.Schema) -> pa.Table:
+    return _read_dir(io.join(step_url, name, f"part-{part:05d}"), schema)
+
+
+def hash_buckets(values: pa.Array, n: int) -> np.ndarray:
+    """Bucket of each hex-hash string, from its leading 8 hex digits."""
+    lead = pc.utf8_slice_codeunits(values, 0, 8).to_pylist()
+    return np.array([int(h, 16) % n for h in lead], dtype=np.int64)
