@@ -24,7 +24,14 @@ _LINE_ENDS = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 # Unicode space separators other than the ASCII space (NBSP, thin spaces, ideographic, ...).
 _EXOTIC_SPACE = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
-_FTFY_CONFIG = ftfy.TextFixerConfig(normalization=None, explain=False)
+# ftfy only repairs encodings here: the other steps below do their own part, and its
+# other fixes change legitimate text (HTML entities in code, full-width CJK, ligatures).
+_FTFY_CONFIG = ftfy.TextFixerConfig(
+    unescape_html=False, remove_terminal_escapes=True, fix_encoding=True, restore_byte_a0=True,
+    replace_lossy_sequences=True, decode_inconsistent_utf8=True, fix_c1_controls=True,
+    fix_latin_ligatures=False, fix_character_width=False, uncurl_quotes=False, fix_line_breaks=False,
+    fix_surrogates=True, remove_control_chars=False, normalization=None, explain=False,
+)
 
 
 @dataclass(frozen=True)

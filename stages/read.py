@@ -21,7 +21,6 @@ Quarantine reasons (each counted in the run summary):
 
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
 from collections import Counter
@@ -213,15 +212,32 @@ def _zstd_chunks(f: IO[bytes]) -> Iterator[bytes]:
 
 
 def _gzip_chunks(f: IO[bytes]) -> Iterator[bytes]:
-    gz = gzip.GzipFile(fileobj=f, mode="rb")
-    try:
-        while True:
-            block = gz.read(READ_BLOCK)
-            if not block:
-                return
-            yield block
-    except (EOFError, OSError, zlib.error) as e:
-        raise TruncatedInput(f"gzip: {e}") from None
+    # zlib directly (not GzipFile) so every byte decodable before a truncation is yielded.
+    def member():
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    dobj = member()
+    fed = False
+    while True:
+        block = f.read(READ_BLOCK)
+        if not block:
+            break
+        fed = True
+        while block:
+            try:
+                out = dobj.decompress(block)
+            except zlib.error as e:
+                raise TruncatedInput(f"corrupt gzip data: {e}") from None
+            if out:
+                yield out
+            if dobj.eof:  # a member ended; the rest starts the next member
+                block = dobj.unused_data
+                dobj = member()
+                fed = bool(block)
+            else:
+                block = b""
+    if fed and not dobj.eof:
+        raise TruncatedInput("gzip stream ended before its member was complete")
 
 
 def _plain_chunks(f: IO[bytes]) -> Iterator[bytes]:

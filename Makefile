@@ -1,0 +1,28 @@
+# The two commands of the README. Both work on a machine with only Python 3.10+ installed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/tokenmill: pyproject.toml setup.py $(wildcard native/*.pyx)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/tokenmill
+
+## make demo: set up, then run the whole pipeline on the bundled sample.
+demo: setup
+	$(BIN)/tokenmill run configs/laptop.yaml
+
+## make test: set up, then run the whole test suite (what CI runs).
+test: setup
+	$(BIN)/python -m pytest -q --durations=15
+
+bench: setup
+	$(BIN)/python benchmarks/bench_clean.py
+
+clean:
+	rm -rf runs build native/*.so native/*.cpp

@@ -1,0 +1,46 @@
+"""Reading a finished run back: outputs, dropped and quarantined records, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def summary(run_root: Path) -> dict:
+    return json.loads((run_root / "summary.json").read_text())
+
+
+def step_dirs(run_root: Path) -> dict[str, Path]:
+    s = summary(run_root)
+    return {name: Path(info["url"]) for name, info in s["steps"].items()}
+
+
+def read_kind(step_dir: Path, kind: str) -> pa.Table:
+    files = sorted((step_dir / kind).glob("part-*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else pa.table({})
+
+
+def output_docs(run_root: Path) -> pa.Table:
+    return read_kind(step_dirs(run_root)["write"], "docs")
+
+
+def all_dropped(run_root: Path) -> pa.Table:
+    tables = [read_kind(d, "dropped") for n, d in step_dirs(run_root).items() if (d / "dropped").exists()]
+    return pa.concat_tables([t for t in tables if t.num_rows])
+
+
+def quarantine(run_root: Path) -> pa.Table:
+    return read_kind(step_dirs(run_root)["read"], "quarantine")
+
+
+def data_checksums(run_root: Path) -> dict[str, str]:
+    """sha256 of every data file of every step (task records and _SUCCESS excluded: they hold timings)."""
+    out = {}
+    for name, d in step_dirs(run_root).items():
+        for f in sorted(d.rglob("*.parquet")):
+            out[f"{name}/{f.relative_to(d)}"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out

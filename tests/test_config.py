@@ -1,0 +1,90 @@
+"""Config validation fails fast with exit 2 and names the key; versioning moves only when it should."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import tokenmill
+from pipelines.config import ConfigError, apply_overrides, load_config, parse_config
+from pipelines.plan import resolve
+
+
+def _write(tmp_path, raw) -> str:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return str(p)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda r: r.update(bogus=1), "bogus: unknown key"),
+    (lambda r: r["dedup_near"].update(threshold=1.5), "dedup_near.threshold"),
+    (lambda r: r["dedup_near"].update(num_perm="many"), "dedup_near.num_perm"),
+    (lambda r: r["dedup_near"].update(bands=20, rows=20), "exceeds num_perm"),
+    (lambda r: r["dedup_near"].update(bands=20), "set both bands and rows"),
+    (lambda r: r["langid"]["thresholds"].update(en=2.0), "allowed: a number in [0, 1] or 'auto'"),
+    (lambda r: r["engine"].update(kind="spark"), "engine.kind"),
+    (lambda r: r["engine"].update(workers=0), "engine.workers"),
+    (lambda r: r["input"].update(paths=["/nonexistent/dir/*.jsonl"]), "matches no file"),
+    (lambda r: r.pop("run_root"), "run_root: required key is missing"),
+])
+def test_bad_config_exits_2_naming_the_key(tmp_path, laptop_raw, mutate, needle):
+    raw = yaml.safe_load(yaml.safe_dump(laptop_raw))
+    mutate(raw)
+    proc = tokenmill("validate", _write(tmp_path, raw), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    # fail fast: nothing was written
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_with_bad_config_does_no_work(tmp_path, laptop_raw):
+    raw = yaml.safe_load(yaml.safe_dump(laptop_raw))
+    raw["run_root"] = str(tmp_path / "root")
+    raw["normalize"]["unicode_form"] = "NFX"
+    proc = tokenmill("run", _write(tmp_path, raw), check=False)
+    assert proc.returncode == 2
+    assert "normalize.unicode_form" in proc.stderr and "NFX" in proc.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_set_overrides_any_key(tmp_path, laptop_raw):
+    path = _write(tmp_path, laptop_raw)
+    cfg = load_config(path, ["dedup_near.threshold=0.9", "engine.workers=3", "langid.keep=[en, fr]"])
+    assert cfg.dedup_near.threshold == 0.9 and cfg.engine.workers == 3 and cfg.langid.keep == ["en", "fr"]
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides({}, ["no-equals-sign"])
+    with pytest.raises(ConfigError, match="dedup_near.threshold"):
+        load_config(path, ["dedup_near.threshold=7"])
+
+
+def _versions(raw) -> dict[str, str]:
+    return {p.step.name: p.version for p in resolve(parse_config(raw))}
+
+
+# Field by field: which config changes move which step's output path.
+@pytest.mark.parametrize("key, value, moved", [
+    ("engine.workers", 7, set()),
+    ("engine.kind", "local", set()),
+    ("progress", False, set()),
+    ("normalize.unicode_form", "NFKC", {"normalize", "langid", "dedup_exact", "dedup_near", "write"}),
+    ("dedup_exact.strip_digits", True, {"dedup_exact", "dedup_near", "write"}),
+    ("dedup_near.threshold", 0.85, {"dedup_near", "write"}),
+    ("output.compression", "snappy", {"write"}),
+    ("input.max_doc_bytes", 5000, {"read", "normalize", "langid", "dedup_exact", "dedup_near", "write"}),
+])
+def test_versioning_contract(laptop_raw, key, value, moved):
+    base = _versions(laptop_raw)
+    changed = _versions(apply_overrides(laptop_raw, [f"{key}={value}"]))
+    assert {k for k in base if base[k] != changed[k]} == moved & set(base)
+    assert all(len(v) >= 16 for v in base.values())
+
+
+def test_version_moves_when_input_changes(tmp_path, laptop_raw):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"text": "one"}\n')
+    raw = yaml.safe_load(yaml.safe_dump(laptop_raw))
+    raw["input"]["paths"] = [str(f)]
+    v1 = _versions(raw)["read"]
+    f.write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert _versions(raw)["read"] != v1

@@ -1,0 +1,64 @@
+"""A run killed with SIGKILL at random points, then rerun, equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, tokenmill
+from helpers_runs import data_checksums, output_docs, summary
+
+
+def _start(cfg: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(cfg)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _finished_steps(run_root: Path) -> set[str]:
+    return {p.parent.parent.name for p in run_root.glob("*/*/_SUCCESS.json")}
+
+
+def test_sigkill_then_rerun_is_byte_identical(tmp_path, reference_run):
+    ref_root, ref_cfg, ref_seconds, _ = reference_run
+    raw = yaml.safe_load(ref_cfg.read_text())
+    raw["run_root"] = str(tmp_path / "run")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    seed = int(os.environ.get("TOKENMILL_KILL_SEED", time.time_ns() % 2**32))
+    rng = random.Random(seed)
+    kills = 0
+    finished_before_rerun: set[str] = set()
+    for _ in range(4):  # up to 4 attempts to land kills part-way
+        proc = _start(cfg)
+        delay = rng.uniform(0.5, max(1.0, ref_seconds * 0.9))
+        try:
+            proc.wait(timeout=delay)
+            finished = True  # it completed before the kill
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            finished = False
+            kills += 1
+        if finished:
+            break
+        finished_before_rerun = _finished_steps(tmp_path / "run")
+        if kills == 2:
+            break
+    assert kills >= 1, f"no kill landed part-way (seed {seed})"
+
+    final = tokenmill("run", str(cfg))
+    for name in finished_before_rerun:
+        assert f"{name}: done already" in final.stderr, (name, seed)
+
+    assert summary(tmp_path / "run")["invariant"]["holds"]
+    assert data_checksums(tmp_path / "run") == data_checksums(ref_root), f"outputs differ (kill seed {seed})"
+    ids = output_docs(tmp_path / "run").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == output_docs(ref_root).num_rows
