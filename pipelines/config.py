@@ -33,6 +33,7 @@ class InputConfig(Section):
     keep_fields: list[str] = Field(default_factory=list, description="extra input fields carried to the output")
     max_doc_bytes: int = Field(1_000_000, gt=0, description="documents larger than this (UTF-8 bytes) are quarantined")
     task_bytes: int = Field(64 << 20, ge=1 << 16, description="uncompressed JSONL files are split into tasks of about this size")
+    part_bytes: int = Field(32 << 20, ge=1 << 10, description="a read task starts a new output part after this many text bytes")
     parquet_rows_per_task: int = Field(100_000, gt=0)
 
 

@@ -25,7 +25,7 @@ import json
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import pyarrow as pa
 import zstandard
@@ -63,6 +63,13 @@ class ReadSpec:
     id_field: str | None = None
     keep_fields: tuple[str, ...] = ()
     max_doc_bytes: int = 1_000_000
+    # A task's documents roll over into a new part after this many text bytes, so one huge
+    # unsplittable file (a .zst stream) still gives later steps many parts to run in parallel.
+    part_bytes: int = 32 << 20
+
+
+# Parts of read task t are numbered t * SUBPARTS_PER_TASK + k; ords embed the part number.
+SUBPARTS_PER_TASK = 1 << 12
 
 
 @dataclass
@@ -77,6 +84,37 @@ class DocBuilder:
     extras: dict[str, list] = field(default_factory=dict)
     q_rows: dict[str, list] = field(default_factory=lambda: {k: [] for k in QUARANTINE_SCHEMA.names})
     counters: Counter = field(default_factory=Counter)
+    on_seal: Callable[[int, pa.Table], None] | None = None
+    sub: int = 0
+    text_bytes: int = 0
+
+    @property
+    def current_part(self) -> int:
+        return self.part + self.sub
+
+    def _docs_table(self) -> pa.Table:
+        n = len(self.ids)
+        base = self.current_part
+        cols = {
+            "id": pa.array(self.ids, pa.string()),
+            "ord": pa.array([make_ord(base, i) for i in range(n)], pa.int64()),
+            "source": pa.array([self.source] * n, pa.string()),
+            "text": pa.array(self.texts, pa.string()),
+        }
+        schema = DOC_BASE_SCHEMA
+        for k in self.spec.keep_fields:
+            cols[k] = pa.array(self.extras.get(k, [None] * n), pa.string())
+            schema = schema.append(pa.field(k, pa.string()))
+        return pa.table(cols, schema=schema)
+
+    def _maybe_seal(self) -> None:
+        if self.on_seal is None or self.text_bytes < self.spec.part_bytes:
+            return
+        if self.sub + 1 >= SUBPARTS_PER_TASK:
+            raise ValueError(f"{self.source}: more than {SUBPARTS_PER_TASK} parts of part_bytes={self.spec.part_bytes}; raise input.part_bytes")
+        self.on_seal(self.current_part, self._docs_table())
+        self.ids, self.texts, self.extras, self.text_bytes = [], [], {}, 0
+        self.sub += 1
 
     def quarantine(self, position: int, reason: str, detail: str, raw: bytes | None) -> None:
         self.q_rows["source"].append(self.source)
@@ -144,20 +182,12 @@ class DocBuilder:
         self.counters["records"] += 1
         self.counters["bytes"] += nbytes
         self.counters["documents"] += 1
+        self.text_bytes += size
+        self._maybe_seal()
 
     def finish(self) -> tuple[pa.Table, pa.Table, Counter]:
-        n = len(self.ids)
-        cols = {
-            "id": pa.array(self.ids, pa.string()),
-            "ord": pa.array([make_ord(self.part, i) for i in range(n)], pa.int64()),
-            "source": pa.array([self.source] * n, pa.string()),
-            "text": pa.array(self.texts, pa.string()),
-        }
-        schema = DOC_BASE_SCHEMA
-        for k in self.spec.keep_fields:
-            cols[k] = pa.array(self.extras.get(k, [None] * n), pa.string())
-            schema = schema.append(pa.field(k, pa.string()))
-        docs = pa.table(cols, schema=schema)
+        """The last (unsealed) part's documents, all quarantined records, the counters."""
+        docs = self._docs_table()
         quarantine = pa.table(self.q_rows, schema=QUARANTINE_SCHEMA)
         return docs, quarantine, self.counters
 

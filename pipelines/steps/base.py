@@ -49,12 +49,9 @@ class FinishedStep:
     def parts(self) -> list[dict]:
         return self.record.get("parts", [])
 
-    def part_url(self, i: int, kind: str = "docs") -> str:
-        return io.join(self.url, kind, part_name(i))
-
-    @property
-    def num_parts(self) -> int:
-        return len(self.parts)
+    def part_urls(self) -> list[tuple[int, str]]:
+        """(part index, URL) of every document part, in part order."""
+        return [(p["part"], io.join(self.url, p["path"])) for p in self.parts]
 
 
 @dataclass
@@ -158,7 +155,7 @@ def merge_counters(results: list[dict], key: str = "counters") -> dict[str, int]
 
 
 def parquet_entry(kind: str, i: int, table: pa.Table, sha: str) -> dict:
-    return {"path": f"{kind}/{part_name(i)}", "rows": table.num_rows, "sha256": sha}
+    return {"path": f"{kind}/{part_name(i)}", "part": i, "rows": table.num_rows, "sha256": sha}
 
 
 def write_part(step_url: str, kind: str, i: int, table: pa.Table, compression: str) -> dict:

@@ -25,12 +25,12 @@ KEYS_SCHEMA = pa.schema([("id", pa.string()), ("ord", pa.int64()), ("exact_hash"
 DUPS_SCHEMA = pa.schema([("ord", pa.int64()), ("dup_of", pa.string())])
 
 
-def keys_task(step_url: str, index: int, in_url: str, opts: ExactKeyOptions, buckets: int, compression: str) -> dict:
+def keys_task(step_url: str, index: int, in_url: str, part: int, opts: ExactKeyOptions, buckets: int, compression: str) -> dict:
     docs = io.read_parquet(in_url, columns=["id", "ord", "text"])
     hashes = pa.array(key_hashes(docs.column("text").to_pylist(), opts), pa.string())
     keys = pa.table({"id": docs.column("id"), "ord": docs.column("ord"), "exact_hash": hashes}, schema=KEYS_SCHEMA)
-    io.write_parquet(io.join(step_url, "hashes", part_name(index)), keys.select(["ord", "exact_hash"]), compression)
-    shuffle.write_buckets(step_url, "keys", index, keys, shuffle.hash_buckets(hashes, buckets), compression)
+    io.write_parquet(io.join(step_url, "hashes", part_name(part)), keys.select(["ord", "exact_hash"]), compression)
+    shuffle.write_buckets(step_url, "keys", part, keys, shuffle.hash_buckets(hashes, buckets), compression)
     return {"rows_in": docs.num_rows}
 
 
@@ -77,8 +77,7 @@ class DedupExactStep(Step):
         opts = ExactKeyOptions(**ctx.cfg.dedup_exact.model_dump(exclude={"enabled"}))
         rows = sum(p["rows"] for p in inp.parts)
         buckets = shuffle.num_buckets(rows, ctx.cfg.shuffle_rows_per_bucket)
-        urls = [inp.part_url(i) for i in range(inp.num_parts)]
-        run_tasks(ctx, keys_task, "keys", [dict(in_url=u, opts=opts, buckets=buckets, compression=ctx.compression) for u in urls], "dedup_exact: hash")
+        run_tasks(ctx, keys_task, "keys", [dict(in_url=u, part=p, opts=opts, buckets=buckets, compression=ctx.compression) for p, u in inp.part_urls()], "dedup_exact: hash")
         run_tasks(ctx, reduce_task, "reduce", [dict(compression=ctx.compression)] * buckets, "dedup_exact: group")
         payload = success_payload(map_parts(ctx, ExactFilter(ctx.url), "dedup_exact: filter", phase="filter"))
         payload["buckets"] = buckets

@@ -18,11 +18,11 @@ from pipelines.steps.base import Step, StepContext, merge_counters, run_tasks, w
 Processor = Callable[[pa.Table], tuple[pa.Table, pa.Table, Counter]]
 
 
-def map_docs_task(step_url: str, index: int, in_url: str, processor: Processor, compression: str, kind_out: str = "docs") -> dict:
+def map_docs_task(step_url: str, index: int, in_url: str, part: int, processor: Processor, compression: str, kind_out: str = "docs") -> dict:
     table = io.read_parquet(in_url)
     kept, dropped, counters = processor(table)
     if kept.num_rows + dropped.num_rows != table.num_rows:
-        raise AssertionError(f"{step_url} part {index}: {table.num_rows} rows in, {kept.num_rows} kept + {dropped.num_rows} dropped")
+        raise AssertionError(f"{step_url} part {part}: {table.num_rows} rows in, {kept.num_rows} kept + {dropped.num_rows} dropped")
     counters = Counter(counters)
     counters["rows_in"] += table.num_rows
     counters["rows_out"] += kept.num_rows
@@ -31,15 +31,17 @@ def map_docs_task(step_url: str, index: int, in_url: str, processor: Processor, 
     return {
         "counters": dict(counters),
         "rows_in": table.num_rows,
-        "parts": [write_part(step_url, kind_out, index, kept, compression)],
-        "dropped": [write_part(step_url, "dropped", index, dropped, compression)],
+        "parts": [write_part(step_url, kind_out, part, kept, compression)],
+        "dropped": [write_part(step_url, "dropped", part, dropped, compression)],
     }
 
 
-def map_parts(ctx: StepContext, processor: Processor, desc: str, phase: str = "map", kind_out: str = "docs", source=None) -> list[dict]:
-    """Run `processor` over every document part of the input step (or of `source` urls)."""
-    urls = source if source is not None else [ctx.input_docs().part_url(i) for i in range(ctx.input_docs().num_parts)]
-    args = [dict(in_url=u, processor=processor, compression=ctx.compression, kind_out=kind_out) for u in urls]
+def map_parts(ctx: StepContext, processor: Processor, desc: str, phase: str = "map", kind_out: str = "docs",
+              source: list[tuple[int, str]] | None = None) -> list[dict]:
+    """Run `processor` over every document part of the input step (or over `source`:
+    (part index, URL) pairs); output part i is written for input part i."""
+    parts = source if source is not None else ctx.input_docs().part_urls()
+    args = [dict(in_url=u, part=p, processor=processor, compression=ctx.compression, kind_out=kind_out) for p, u in parts]
     return run_tasks(ctx, map_docs_task, phase, args, desc)
 
 

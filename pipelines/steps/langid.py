@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from pipelines import io
 from pipelines.config import RunConfig
-from pipelines.steps.base import StepContext, Step, part_name
+from pipelines.steps.base import Step, StepContext
 from pipelines.steps.docmap import map_parts, success_payload
 from stages.langid import LanguageIdentifier, drop_reasons, fit_thresholds
 from stages.records import dropped_table, empty_dropped
@@ -71,8 +71,8 @@ class LangIdStep(Step):
         if len(fixed) == len(c.thresholds):
             return success_payload(map_parts(ctx, Decide(c.keep, fixed, c.threshold, Annotate(identifier)), "langid"))
         annotated = map_parts(ctx, Annotate(identifier), "langid: predict", phase="predict", kind_out="annotated")
-        urls = [io.join(ctx.url, "annotated", part_name(i)) for i in range(len(annotated))]
-        cols = [io.read_parquet(u, columns=["lang", "lang_score"]) for u in urls]
+        urls = [(e["part"], io.join(ctx.url, e["path"])) for r in annotated for e in r["parts"]]
+        cols = [io.read_parquet(u, columns=["lang", "lang_score"]) for _, u in urls]
         both = pa.concat_tables(cols) if cols else pa.table({"lang": pa.array([], pa.string()), "lang_score": pa.array([], pa.float32())})
         thresholds = fit_thresholds(both.column("lang").to_pylist(), both.column("lang_score").to_numpy(zero_copy_only=False),
                                     dict(c.thresholds), c.threshold)

@@ -18,7 +18,8 @@ from stages import read as rd
 
 def _spec(cfg: RunConfig) -> rd.ReadSpec:
     i = cfg.input
-    return rd.ReadSpec(text_field=i.text_field, id_field=i.id_field, keep_fields=tuple(i.keep_fields), max_doc_bytes=i.max_doc_bytes)
+    return rd.ReadSpec(text_field=i.text_field, id_field=i.id_field, keep_fields=tuple(i.keep_fields),
+                       max_doc_bytes=i.max_doc_bytes, part_bytes=i.part_bytes)
 
 
 def _format(cfg: RunConfig, f: io.InputFile) -> str:
@@ -33,7 +34,12 @@ def count_newlines_task(step_url: str, index: int, url: str, start: int, end: in
 
 def read_task(step_url: str, index: int, url: str, rel: str, kind: str, start: int, end: int,
               newlines_before: int, spec: rd.ReadSpec, compression: str) -> dict:
-    builder = rd.DocBuilder(spec=spec, source=rel, part=index)
+    parts = []
+
+    def seal(part: int, docs) -> None:
+        parts.append(write_part(step_url, "docs", part, docs, compression))
+
+    builder = rd.DocBuilder(spec=spec, source=rel, part=index * rd.SUBPARTS_PER_TASK, on_seal=seal)
     fs, path = io.filesystem(url)
     with fs.open(path, "rb") as f:
         if kind == "stream":
@@ -52,7 +58,7 @@ def read_task(step_url: str, index: int, url: str, rel: str, kind: str, start: i
     return {
         "counters": dict(counters),
         "rows": docs.num_rows,
-        "parts": [write_part(step_url, "docs", index, docs, compression)],
+        "parts": parts + [write_part(step_url, "docs", builder.current_part, docs, compression)],
         "quarantine": [write_part(step_url, "quarantine", index, quarantine, compression)],
     }
 
