@@ -166,6 +166,10 @@ def parse_config(raw: dict[str, Any], check_inputs: bool = True) -> RunConfig:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
+    urls = [cfg.run_root, *cfg.input.paths]
+    if cfg.engine.kind == "ray" and any(u.startswith("memory://") for u in urls):
+        raise ConfigError("memory:// lives inside one process and Ray workers cannot see it; "
+                          "set engine.kind=local, or use a local path or object store URL")
     if check_inputs:
         from pipelines.io import expand_inputs
 
