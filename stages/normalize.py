@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import ftfy
+import ftfy.badness
 import pyarrow as pa
 
 from stages.records import dropped_table
@@ -45,8 +46,9 @@ class NormalizeOptions:
 
 def normalize_text(text: str, opts: NormalizeOptions, changes: Counter) -> str:
     """Normalize one text; add one count per kind of change made to `changes`."""
-    # ftfy is the slow part; pure-ASCII text cannot hold mojibake, so skip it there.
-    if opts.fix_encoding and not text.isascii():
+    # ftfy is the slow part (it works line by line); ASCII text cannot hold mojibake, and
+    # ftfy's own badness test over the whole text is one regex pass, so gate on both.
+    if opts.fix_encoding and not text.isascii() and ftfy.badness.is_bad(text):
         fixed = ftfy.fix_text(text, _FTFY_CONFIG)
         if fixed != text:
             changes["fixed_encoding"] += 1
