@@ -80,7 +80,7 @@ class DedupExactConfig(Section):
 class DedupNearConfig(Section):
     enabled: bool = True
     threshold: float = Field(0.8, gt=0.0, lt=1.0)
-    num_perm: int = Field(256, ge=16, le=4096)
+    num_perm: int = Field(1024, ge=16, le=8192)
     ngram: int = Field(5, ge=1, le=32)
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
@@ -166,6 +166,13 @@ def parse_config(raw: dict[str, Any], check_inputs: bool = True) -> RunConfig:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
+    if cfg.dedup_near.enabled:
+        from pipelines.steps.dedup_near import params_of
+
+        try:
+            params_of(cfg)  # the stage's own checks (e.g. seed range), before any work
+        except ValueError as e:
+            raise ConfigError(f"dedup_near: {e}") from None
     urls = [cfg.run_root, *cfg.input.paths]
     if cfg.engine.kind == "ray" and any(u.startswith("memory://") for u in urls):
         raise ConfigError("memory:// lives inside one process and Ray workers cannot see it; "

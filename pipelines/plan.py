@@ -13,13 +13,14 @@ from pipelines import io
 from pipelines.config import RunConfig
 from pipelines.steps.base import SUCCESS, Step
 from pipelines.steps.dedup_exact import DedupExactStep
+from pipelines.steps.dedup_near import DedupNearStep
 from pipelines.steps.langid import LangIdStep
 from pipelines.steps.normalize import NormalizeStep
 from pipelines.steps.read import ReadStep
 from pipelines.steps.write import WriteStep
 
 # Document steps in order; each consumes the documents of the previous enabled one.
-DOC_STEPS: list[type[Step]] = [ReadStep, NormalizeStep, LangIdStep, DedupExactStep, WriteStep]
+DOC_STEPS: list[type[Step]] = [ReadStep, NormalizeStep, LangIdStep, DedupExactStep, DedupNearStep, WriteStep]
 
 
 def build_plan(cfg: RunConfig) -> list[Step]:

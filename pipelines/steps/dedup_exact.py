@@ -46,8 +46,7 @@ class ExactFilter:
     def __init__(self, step_url: str):
         self.step_url = step_url
 
-    def __call__(self, docs: pa.Table):
-        part = int(docs.column("ord")[0].as_py()) >> 32 if docs.num_rows else 0
+    def __call__(self, docs: pa.Table, part: int):
         hashes = io.read_parquet(io.join(self.step_url, "hashes", part_name(part))) if docs.num_rows else None
         dups = shuffle.read_for_part(self.step_url, "dups", part, DUPS_SCHEMA)
         if docs.num_rows:

@@ -1,7 +1,7 @@
 """Document map steps: one task per input part, part i in -> part i out.
 
 A step of this family only supplies a *processor*: a picklable callable that takes one
-Arrow table of documents and returns (kept, dropped, counters). Reading, writing, task
+Arrow table of documents and its part index and returns (kept, dropped, counters). Reading, writing, task
 records, resume and the rows-in = kept + dropped check are done here once.
 """
 
@@ -15,12 +15,22 @@ import pyarrow as pa
 from pipelines import io
 from pipelines.steps.base import Step, StepContext, merge_counters, run_tasks, write_part
 
-Processor = Callable[[pa.Table], tuple[pa.Table, pa.Table, Counter]]
+Processor = Callable[[pa.Table, int], tuple[pa.Table, pa.Table, Counter]]
+
+
+class PartAgnostic:
+    """A stage function of one table, as a processor (it does not need the part index)."""
+
+    def __init__(self, fn: Callable[[pa.Table], tuple[pa.Table, pa.Table, Counter]]):
+        self.fn = fn
+
+    def __call__(self, docs: pa.Table, part: int):
+        return self.fn(docs)
 
 
 def map_docs_task(step_url: str, index: int, in_url: str, part: int, processor: Processor, compression: str, kind_out: str = "docs") -> dict:
     table = io.read_parquet(in_url)
-    kept, dropped, counters = processor(table)
+    kept, dropped, counters = processor(table, part)
     if kept.num_rows + dropped.num_rows != table.num_rows:
         raise AssertionError(f"{step_url} part {part}: {table.num_rows} rows in, {kept.num_rows} kept + {dropped.num_rows} dropped")
     counters = Counter(counters)

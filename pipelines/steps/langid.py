@@ -27,7 +27,7 @@ class Annotate:
     def __init__(self, identifier: LanguageIdentifier):
         self.identifier = identifier
 
-    def __call__(self, docs: pa.Table):
+    def __call__(self, docs: pa.Table, part: int = 0):
         labels, scores = self.identifier.predict(docs.column("text").to_pylist())
         docs = docs.append_column("lang", pa.array(labels, pa.string())).append_column("lang_score", pa.array(scores, pa.float32()))
         return docs, empty_dropped(), Counter(f"lang:{l}" for l in labels)
@@ -39,10 +39,10 @@ class Decide:
     def __init__(self, keep, thresholds: dict[str, float], default: float, annotate: Annotate | None = None):
         self.keep, self.thresholds, self.default, self.annotate = keep, thresholds, default, annotate
 
-    def __call__(self, docs: pa.Table):
+    def __call__(self, docs: pa.Table, part: int = 0):
         counters: Counter = Counter()
         if self.annotate is not None:
-            docs, _, counters = self.annotate(docs)
+            docs, _, counters = self.annotate(docs, part)
         labels = docs.column("lang").to_pylist()
         scores = docs.column("lang_score").to_numpy(zero_copy_only=False)
         reasons = drop_reasons(labels, scores, self.keep, self.thresholds, self.default)

@@ -6,7 +6,7 @@ from functools import partial
 
 from pipelines.config import RunConfig
 from pipelines.steps.base import StepContext
-from pipelines.steps.docmap import DocMapStep
+from pipelines.steps.docmap import DocMapStep, PartAgnostic
 from stages.normalize import NormalizeOptions, normalize_table
 
 
@@ -24,4 +24,4 @@ class NormalizeStep(DocMapStep):
         return cfg.normalize.model_dump()
 
     def processor(self, ctx: StepContext):
-        return partial(normalize_table, opts=options(ctx.cfg))
+        return PartAgnostic(partial(normalize_table, opts=options(ctx.cfg)))

@@ -45,9 +45,11 @@ def write_buckets(step_url: str, name: str, part: int, table: pa.Table, buckets:
     return _write_groups(io.join(step_url, name), "bucket", f"part-{part:05d}.parquet", table, buckets, compression)
 
 
-def write_by_part(step_url: str, name: str, bucket: int, table: pa.Table, compression: str) -> int:
-    parts = (table.column("ord").to_numpy() >> ORD_PART_SHIFT) if table.num_rows else np.zeros(0, np.int64)
-    return _write_groups(io.join(step_url, name), "part", f"bucket-{bucket:05d}.parquet", table, parts, compression)
+def write_by_part(step_url: str, name: str, writer: int, table: pa.Table, compression: str, column: str = "ord") -> int:
+    """Route rows to the document part their `column` (an ord) belongs to; `writer` names
+    the file so that every task of a phase writes its own."""
+    parts = (table.column(column).to_numpy() >> ORD_PART_SHIFT) if table.num_rows else np.zeros(0, np.int64)
+    return _write_groups(io.join(step_url, name), "part", f"from-{writer:05d}.parquet", table, parts, compression)
 
 
 def _read_dir(url: str, schema: pa.Schema) -> pa.Table:

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from pipelines.config import RunConfig
 from pipelines.steps.base import StepContext
-from pipelines.steps.docmap import DocMapStep
+from pipelines.steps.docmap import DocMapStep, PartAgnostic
 from stages.records import empty_dropped
 
 
@@ -27,4 +27,4 @@ class WriteStep(DocMapStep):
         return {"compression": cfg.output.compression}
 
     def processor(self, ctx: StepContext):
-        return keep_all
+        return PartAgnostic(keep_all)
