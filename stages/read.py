@@ -214,9 +214,14 @@ def iter_range_lines(f: IO[bytes], start: int, end: int) -> Iterator[tuple[int, 
         pos += len(line)
 
 
-def _zstd_chunks(f: IO[bytes]) -> Iterator[bytes]:
-    dctx = zstandard.ZstdDecompressor()
-    dobj = dctx.decompressobj()
+def _decoded_chunks(f: IO[bytes], new_decoder: Callable[[], object], errors: tuple, name: str) -> Iterator[bytes]:
+    """Decompress a stream of concatenated frames/members, yielding every byte that can be
+    decoded, then raise TruncatedInput if the last frame is incomplete or data is corrupt.
+
+    Decoder objects are used directly (not zstandard's or gzip's readers) because those
+    either return a short stream silently on truncation or lose the decodable tail.
+    """
+    dec = new_decoder()
     fed = False
     while True:
         block = f.read(READ_BLOCK)
@@ -225,49 +230,28 @@ def _zstd_chunks(f: IO[bytes]) -> Iterator[bytes]:
         fed = True
         while block:
             try:
-                out = dobj.decompress(block)
-            except zstandard.ZstdError as e:
-                raise TruncatedInput(f"corrupt zstd data: {e}") from None
+                out = dec.decompress(block)
+            except errors as e:
+                raise TruncatedInput(f"corrupt {name} data: {e}") from None
             if out:
                 yield out
-            if dobj.eof:  # a frame ended; the rest of the block starts the next frame
-                block = dobj.unused_data
-                dobj = dctx.decompressobj()
+            if dec.eof:  # a frame ended; the rest of the block starts the next one
+                block = dec.unused_data
+                dec = new_decoder()
                 fed = bool(block)
             else:
                 block = b""
-    if fed and not dobj.eof:
-        # zstandard's readers return a short stream silently on truncation; we must not.
-        raise TruncatedInput("zstd stream ended before its frame was complete")
+    if fed and not dec.eof:
+        raise TruncatedInput(f"{name} stream ended before its frame was complete")
+
+
+def _zstd_chunks(f: IO[bytes]) -> Iterator[bytes]:
+    dctx = zstandard.ZstdDecompressor()
+    return _decoded_chunks(f, dctx.decompressobj, (zstandard.ZstdError,), "zstd")
 
 
 def _gzip_chunks(f: IO[bytes]) -> Iterator[bytes]:
-    # zlib directly (not GzipFile) so every byte decodable before a truncation is yielded.
-    def member():
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    dobj = member()
-    fed = False
-    while True:
-        block = f.read(READ_BLOCK)
-        if not block:
-            break
-        fed = True
-        while block:
-            try:
-                out = dobj.decompress(block)
-            except zlib.error as e:
-                raise TruncatedInput(f"corrupt gzip data: {e}") from None
-            if out:
-                yield out
-            if dobj.eof:  # a member ended; the rest starts the next member
-                block = dobj.unused_data
-                dobj = member()
-                fed = bool(block)
-            else:
-                block = b""
-    if fed and not dobj.eof:
-        raise TruncatedInput("gzip stream ended before its member was complete")
+    return _decoded_chunks(f, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), (zlib.error,), "gzip")
 
 
 def _plain_chunks(f: IO[bytes]) -> Iterator[bytes]:
