@@ -24,6 +24,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LINE_ENDS = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 # Unicode space separators other than the ASCII space (NBSP, thin spaces, ideographic, ...).
 _EXOTIC_SPACE = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+# UTF-8 decoded by a single-byte codec (Latin-1, Windows-125x, ISO-8859-x, Mac Roman, CP437)
+# turns each multi-byte character into 2-4 characters from these ranges (Mac Roman uses
+# math operators and ligatures), or "Â"/"Ã" plus a
+# space where a no-break space was flattened. Checked: every text ftfy changes in the repo's
+# corpora and in synthetic mojibake of those codecs matches (tests/test_normalize.py).
+_MOJIBAKE_TRACE = re.compile("[\u0080-\u045f\u2010-\u2122\u2200-\u22ff\u2500-\u25ff\uf8ff\ufb01\ufb02\ufffd]{2}|[\u00c2\u00c3] ")
 _TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
 # ftfy only repairs encodings here: the other steps below do their own part, and its
 # other fixes change legitimate text (HTML entities in code, full-width CJK, ligatures).
@@ -46,9 +52,10 @@ class NormalizeOptions:
 
 def normalize_text(text: str, opts: NormalizeOptions, changes: Counter) -> str:
     """Normalize one text; add one count per kind of change made to `changes`."""
-    # ftfy is the slow part (it works line by line); ASCII text cannot hold mojibake, and
-    # ftfy's own badness test over the whole text is one regex pass, so gate on both.
-    if opts.fix_encoding and not text.isascii() and ftfy.badness.is_bad(text):
+    # ftfy is the slow part: it works line by line and its badness test is a large regex.
+    # Gate it: ASCII cannot hold mojibake, and mojibake always leaves a cheap trace (see
+    # _MOJIBAKE_TRACE); only then ask ftfy's own badness test.
+    if opts.fix_encoding and not text.isascii() and _MOJIBAKE_TRACE.search(text) and ftfy.badness.is_bad(text):
         fixed = ftfy.fix_text(text, _FTFY_CONFIG)
         if fixed != text:
             changes["fixed_encoding"] += 1

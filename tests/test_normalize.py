@@ -61,3 +61,25 @@ def test_duplicates_keep_smallest_id_whatever_the_row_order():
     assert d1.equals(d2)
     assert sorted(d1.column("ord").to_pylist()) == [0, 1]
     assert set(d1.column("dup_of").to_pylist()) == {"a"}
+
+
+def test_mojibake_of_every_single_byte_codec_passes_the_gate():
+    """The cheap gate in front of ftfy must let through every text ftfy would repair."""
+    import ftfy
+
+    from stages.normalize import _FTFY_CONFIG, _MOJIBAKE_TRACE
+
+    samples = ["naïve café déjà vu", "Größe und Maß", "Привет, мир", "Καλημέρα κόσμε", "żółć gęś", "“quoted” — dash…", "a\u00a0b"]
+    repaired = 0
+    for text in samples:
+        for codec in ["latin-1", "cp1252", "cp1251", "cp1250", "iso-8859-2", "mac_roman", "cp437", "cp1253"]:
+            try:
+                broken = text.encode("utf-8").decode(codec)
+            except UnicodeDecodeError:
+                continue
+            if ftfy.fix_text(broken, _FTFY_CONFIG) != broken:
+                repaired += 1
+                assert _MOJIBAKE_TRACE.search(broken), (text, codec, broken)
+                out, c = norm(broken)
+                assert c["fixed_encoding"] == 1
+    assert repaired > 20
