@@ -91,17 +91,10 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if args.write_results:
+        from results_md import write_section
+
         cmd = f"python benchmarks/bench_clean.py --workers {args.workers} --repeats {args.repeats} --write-results"
-        block = f"{SECTION}\n\nCommand: `{cmd}` (default data: `../shared/data/corpus-en`).\n\n{report}\n"
-        path = REPO / "benchmarks" / "RESULTS.md"
-        text = path.read_text() if path.exists() else "# Benchmark results\n"
-        if SECTION in text:
-            start = text.index(SECTION)
-            nxt = text.find("\n## ", start + len(SECTION))
-            text = text[:start] + block + (text[nxt + 1:] if nxt != -1 else "")
-        else:
-            text = text.rstrip() + "\n\n" + block
-        path.write_text(text)
+        write_section(SECTION, f"Command: `{cmd}` (default data: `../shared/data/corpus-en`).\n\n{report}")
     return 0
 
 

@@ -22,7 +22,6 @@ import collections
 import io
 import json
 import logging
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from stages.langid import (  # noqa: E402
     LanguageIdentifier,
     fit_thresholds,
 )
+from results_md import write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 DATA = ROOT / "data" / "langid-dev"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -264,18 +264,6 @@ def auto_threshold_table(ev: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the rest alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -337,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(parts)
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section(SECTION, body)
         print(f"\nwrote section {SECTION!r} to {RESULTS.relative_to(ROOT)}")
     return 0
 

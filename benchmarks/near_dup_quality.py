@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from stages.dedup_near import NearDupParams, near_duplicates_local, signatures  # noqa: E402
+from results_md import write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Near-duplicate quality (issue 2)"
@@ -149,18 +149,6 @@ def run(controlled: int | None) -> str:
     ])
 
 
-def write_section(body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the rest alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -169,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     body = run(args.controlled)
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section(SECTION, body)
         print(f"updated {RESULTS.relative_to(ROOT)}")
     return 0
 
