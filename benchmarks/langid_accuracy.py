@@ -31,8 +31,9 @@ import numpy as np
 import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere, or loaded by path
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from stages.langid import (  # noqa: E402
     BACKENDS,

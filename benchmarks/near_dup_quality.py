@@ -24,8 +24,9 @@ from pathlib import Path
 import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere, or loaded by path
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from stages.dedup_near import NearDupParams, near_duplicates_local, signatures  # noqa: E402
 from results_md import write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
