@@ -6,6 +6,7 @@
 Every measurement runs in a fresh subprocess, so peak memory (ru_maxrss) is its own:
   hf          tokenizers.Tokenizer.train_from_iterator (Split(gpt2 regex) + ByteLevel), reading
               the same JSONL.zst files through the same reader as ours
+  hf-mem      the same with the documents loaded into a list first (reading not timed)
   ours-w0     tokenmill in one process (native counting + single-node merge kernel)
   ours-w1/w2  tokenmill on an embedded Ray cluster with 1 / 2 workers (map/reduce counting,
               merge in the driver); Ray start-up is timed apart and left out of the time

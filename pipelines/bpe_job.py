@@ -19,9 +19,7 @@ import sys
 import time
 from typing import Any, Iterator, Sequence
 
-import numpy as np
-
-from stages.bpe import BpeConfig, BpeConfigError, BpeModel, WordTable, peak_rss_mb, train_bpe, train_from_table
+from stages.bpe import BpeConfig, BpeConfigError, BpeModel, WordTable, train_bpe, train_from_table
 from stages.pretokenize import DIGIT_MODES, PRESETS, PreTokSpec
 
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
@@ -47,11 +45,15 @@ def input_format(url: str) -> tuple[str, str | None]:
     return "text", comp
 
 
-def iter_sequences(url: str, text_field: str = "text") -> Iterator[str]:
+def iter_sequences(url: str, text_field: str = "text", stride: int = 1, phase: int = 0) -> Iterator[str]:
     """The sequences of one input: a JSONL record's or Parquet row's text field, or one
     line (with its newline) of a plain-text file, as HF's file trainer reads them.
-    Records whose field is missing or not a string are skipped."""
+    Records whose field is missing or not a string are skipped. With stride > 1 only
+    records i with i % stride == phase are read (a large file split over map tasks)."""
     import fsspec
+
+    if not (stride >= 1 and 0 <= phase < stride):
+        raise ValueError(f"bad stride/phase {stride}/{phase}")
 
     fmt, comp = input_format(url)
     if fmt == "parquet":
@@ -61,19 +63,23 @@ def iter_sequences(url: str, text_field: str = "text") -> Iterator[str]:
             pf = pq.ParquetFile(f)
             if text_field not in pf.schema_arrow.names:
                 raise KeyError(f"{url}: no column {text_field!r} (columns: {pf.schema_arrow.names})")
+            row = 0
             for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
                 for t in batch.column(0).to_pylist():
-                    if isinstance(t, str):
+                    if row % stride == phase and isinstance(t, str):
                         yield t
+                    row += 1
         return
     with fsspec.open(url, "rb", compression=comp) as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
         if fmt == "text":
-            yield from stream
+            for i, line in enumerate(stream):
+                if i % stride == phase:
+                    yield line
             return
         loads = json.loads
-        for line in stream:
-            if not line.strip():
+        for i, line in enumerate(stream):
+            if i % stride != phase or not line.strip():
                 continue
             try:
                 rec = loads(line)
@@ -98,7 +104,7 @@ def count_local(sources, spec: PreTokSpec, prune_below: int) -> tuple[WordTable,
     per_source = []
     for src in sources:
         s0, b0, t = counter.n_sequences, counter.n_bytes, time.perf_counter()
-        for text in iter_sequences(src.url, src.text_field):
+        for text in iter_sequences(src.url, src.text_field, src.stride, src.phase):
             counter.add(text)
         per_source.append({"source": src.rel, "sequences": counter.n_sequences - s0,
                            "bytes": counter.n_bytes - b0, "seconds": time.perf_counter() - t})
@@ -152,7 +158,6 @@ def train(sources, cfg: BpeConfig, workers: int = 0, progress: bool = False) -> 
                 ray.kill(old)  # a second count (SuperBPE stage 2) replaces the partitions
             parts, stats = bpe_ray.count_with_ray(sources, spec, workers, prune, cfg.max_partition_mb)
             holder["parts"], holder["hist"] = parts, stats.pop("byte_hist")
-            holder["words"] = stats["distinct_words"]
             if cfg.merge_mode == "single":
                 t = time.perf_counter()
                 table = bpe_ray.gather_table(parts)

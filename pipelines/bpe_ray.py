@@ -39,6 +39,19 @@ class Source:
     rel: str          # name used in the mixture record
     size: int
     text_field: str = "text"
+    stride: int = 1       # read records i with i % stride == phase: one large file can
+    phase: int = 0        # feed several map tasks without byte-range seeking in .zst
+
+
+def split_sources(sources: Sequence[Source], workers: int, max_split: int = 8) -> list[Source]:
+    """Split files much larger than an even share so the map tasks finish together."""
+    total = sum(s.size for s in sources) or 1
+    share = total / (2 * workers)
+    out = []
+    for s in sources:
+        n = 1 if workers <= 1 else int(min(max_split, max(1, round(s.size / share))))
+        out.extend(Source(s.url, s.rel, s.size // n, s.text_field, n, k) for k in range(n))
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -51,7 +64,7 @@ def _count_source_impl(src: Source, spec: PreTokSpec, n_parts: int, cap_bytes: i
     t0 = time.perf_counter()
     counter = spec.counter()
     n_seq = 0
-    for text in iter_sequences(src.url, src.text_field):
+    for text in iter_sequences(src.url, src.text_field, src.stride, src.phase):
         counter.add(text)
         n_seq += 1
         if n_seq % 4096 == 0 and len(counter) * 96 > cap_bytes:
@@ -100,7 +113,8 @@ class WordPartition:
         self.shard = WordStoreShard(WordTable(*self.acc.packed(prune_below)))
         self.acc = None
         t = self.shard.table
-        return {"words": len(t), "occurrences": t.total, "byte_hist": self.shard.byte_hist()}
+        return {"words": len(t), "occurrences": t.total, "byte_hist": self.shard.byte_hist(),
+                "peak_rss_mb": peak_rss_mb()}
 
     def packed(self):
         t = self.shard.table
@@ -128,7 +142,7 @@ def count_with_ray(sources: Sequence[Source], spec: PreTokSpec, workers: int, pr
     n_parts = len(partitions)
     count_task = ray.remote(num_cpus=1, num_returns=n_parts + 1)(_count_source_impl)
     # Largest first, at most `workers` in flight: keeps cores busy to the end (LPT order).
-    todo = sorted(sources, key=lambda s: -s.size)
+    todo = sorted(split_sources(sources, workers), key=lambda s: -s.size)
     in_flight: dict[Any, list] = {}
     adds: list = []
     src_stats: list[dict] = []
@@ -150,10 +164,24 @@ def count_with_ray(sources: Sequence[Source], spec: PreTokSpec, workers: int, pr
         "distinct_words": int(sum(f["words"] for f in fin)),
         "word_occurrences": int(sum(f["occurrences"] for f in fin)),
         "partition_words": [int(f["words"]) for f in fin],
-        "sources": sorted(src_stats, key=lambda s: s["source"]),
+        "sources": _merge_source_stats(src_stats),
+        "peak_rss_mb_map_tasks": max(st["peak_rss_mb"] for st in src_stats) if src_stats else 0.0,
+        "peak_rss_mb_partitions": max(f["peak_rss_mb"] for f in fin),
         "byte_hist": np.sum([f["byte_hist"] for f in fin], axis=0),
     }
     return partitions, stats
+
+
+def _merge_source_stats(stats: list[dict]) -> list[dict]:
+    """One record per input file (a split file ran as several tasks)."""
+    out: dict[str, dict] = {}
+    for st in stats:
+        o = out.setdefault(st["source"], {"source": st["source"], "sequences": 0, "bytes": 0, "words": 0,
+                                          "seconds": 0.0, "tasks": 0})
+        for k in ("sequences", "bytes", "words", "seconds"):
+            o[k] += st[k]
+        o["tasks"] += 1
+    return [out[k] for k in sorted(out)]
 
 
 def gather_table(partitions) -> WordTable:
