@@ -97,6 +97,21 @@ class DedupNearConfig(Section):
         return self
 
 
+class TokenizerConfig(Section):
+    enabled: bool = True
+    path: str | None = Field(None, description="an existing tokenizer.json to use instead of training one")
+    train: dict[str, Any] = Field(default_factory=lambda: {"vocab_size": 8192, "preset": "gpt2", "special_tokens": ["<|endoftext|>"]},
+                                  description="train-bpe settings (docs/bpe.md): vocab_size, preset, digits, special_tokens, ...")
+
+    @field_validator("train")
+    @classmethod
+    def _valid_bpe(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from stages.bpe import BpeConfig
+
+        BpeConfig.from_dict(v)  # raises BpeConfigError (a ValueError) naming the key
+        return v
+
+
 class OutputConfig(Section):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
@@ -109,6 +124,7 @@ class RunConfig(Section):
     langid: LangIdConfig = LangIdConfig()
     dedup_exact: DedupExactConfig = DedupExactConfig()
     dedup_near: DedupNearConfig = DedupNearConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
     output: OutputConfig = OutputConfig()
     progress: bool = True
     shuffle_rows_per_bucket: int = Field(500_000, gt=0, description="rows per bucket in dedup shuffles; sets bucket counts from the data, not the worker count")

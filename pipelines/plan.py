@@ -17,6 +17,7 @@ from pipelines.steps.dedup_near import DedupNearStep
 from pipelines.steps.langid import LangIdStep
 from pipelines.steps.normalize import NormalizeStep
 from pipelines.steps.read import ReadStep
+from pipelines.steps.train_bpe import TrainBpeStep
 from pipelines.steps.write import WriteStep
 
 # Document steps in order; each consumes the documents of the previous enabled one.
@@ -29,6 +30,10 @@ def build_plan(cfg: RunConfig) -> list[Step]:
         step = cls() if cls is ReadStep else cls((steps[-1].name,))
         if step.enabled(cfg):
             steps.append(step)
+    docs = steps[-1].name  # the cleaned documents
+    train = TrainBpeStep((docs,))
+    if train.enabled(cfg):
+        steps.append(train)
     return steps
 
 

@@ -68,11 +68,14 @@ def _versions(raw) -> dict[str, str]:
     ("engine.workers", 7, set()),
     ("engine.kind", "local", set()),
     ("progress", False, set()),
-    ("normalize.unicode_form", "NFKC", {"normalize", "langid", "dedup_exact", "dedup_near", "write"}),
-    ("dedup_exact.strip_digits", True, {"dedup_exact", "dedup_near", "write"}),
-    ("dedup_near.threshold", 0.85, {"dedup_near", "write"}),
-    ("output.compression", "snappy", {"write"}),
-    ("input.max_doc_bytes", 5000, {"read", "normalize", "langid", "dedup_exact", "dedup_near", "write"}),
+    ("normalize.unicode_form", "NFKC", {"normalize", "langid", "dedup_exact", "dedup_near", "write", "train_bpe"}),
+    ("dedup_exact.strip_digits", True, {"dedup_exact", "dedup_near", "write", "train_bpe"}),
+    ("dedup_near.threshold", 0.85, {"dedup_near", "write", "train_bpe"}),
+    ("output.compression", "snappy", {"write", "train_bpe"}),
+    ("input.max_doc_bytes", 5000, {"read", "normalize", "langid", "dedup_exact", "dedup_near", "write", "train_bpe"}),
+    ("tokenizer.train.vocab_size", 4096, {"train_bpe"}),
+    ("tokenizer.train.max_partition_mb", 100, set()),
+    ("tokenizer.train.min_frequency", 0, set()),  # spelled-out default
 ])
 def test_versioning_contract(laptop_raw, key, value, moved):
     base = _versions(laptop_raw)

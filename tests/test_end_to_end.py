@@ -106,3 +106,16 @@ def test_outputs_are_annotated_parquet(sample_run):
     for col in ("id", "ord", "source", "text", "license", "exact_hash"):
         assert col in out.column_names
     assert out.num_rows > 400
+
+
+def test_tokenizer_trained_on_the_cleaned_documents(sample_run):
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    steps = summary(sample_run[0])["steps"]
+    tok_dir = Path(steps["train_bpe"]["url"])
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    assert tok.get_vocab_size() == 8192
+    text = output_docs(sample_run[0]).column("text")[0].as_py()
+    assert tok.decode(tok.encode(text).ids) == text
