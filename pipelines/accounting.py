@@ -49,6 +49,13 @@ def summarize(finished: list[FinishedStep], doc_steps: list[str]) -> dict:
     by_counters = kept + sum(dropped.values()) + sum(quarantined.values())
     by_files = kept_files + dropped_files + quarantined_files
     holds = records == by_counters == by_files
+    shards = None
+    if "write_shards" in by_name:
+        ws = by_name["write_shards"]
+        totals = io.read_json(io.join(ws.url, ws.record["manifest"]))["totals"]
+        per_stream = {s: t["documents"] for s, t in totals.items()}
+        holds = holds and all(n == kept for n in per_stream.values())
+        shards = {"manifest": io.join(ws.url, ws.record["manifest"]), "totals": totals}
     return {
         "records_read": records,
         "bytes_read": int(rc.get("bytes", 0)),
@@ -61,7 +68,9 @@ def summarize(finished: list[FinishedStep], doc_steps: list[str]) -> dict:
             "read": records,
             "kept+dropped+quarantined (counters)": by_counters,
             "kept+dropped+quarantined (files)": by_files,
+            "documents in each shard stream": per_stream if shards else None,
         },
+        "shards": shards,
         "output": io.join(last.url, "docs"),
         "steps": {
             f.name: {"version": f.version, "url": f.url, "seconds": f.record.get("seconds"), "counters": f.record.get("counters", {})}
@@ -83,4 +92,8 @@ def format_table(summary: dict) -> str:
                  f"{inv['kept+dropped+quarantined (files)']:,} -> {verdict}")
     lines.append(f"  bytes read {summary['bytes_read']:,}, bytes kept {summary['bytes_kept']:,}")
     lines.append(f"  output: {summary['output']}")
+    if summary.get("shards"):
+        for stream, t in summary["shards"]["totals"].items():
+            lines.append(f"  shards ({stream}): {t['shards']} shards, {t['documents']:,} documents, {t['tokens']:,} tokens")
+        lines.append(f"  manifest: {summary['shards']['manifest']}")
     return "\n".join(lines)

@@ -112,6 +112,27 @@ class TokenizerConfig(Section):
         return v
 
 
+class StochasTokConfig(Section):
+    mode: Literal["off", "expand", "both"] = Field("off", description="off; expand (write only the expanded stream); both streams")
+    p: float = Field(0.1, ge=0.0, le=1.0, description="expansion proportion: floor(len * p) attempts per document")
+    max_num_to_expand: int | None = Field(None, ge=0)
+    seed: int = Field(0, ge=0, description="run seed; each document's stream derives from (seed, id)")
+
+
+class EncodeConfig(Section):
+    enabled: bool = True
+    eod: str | int | None = Field("auto", description="token appended to every document: a token, an id, auto, or null")
+    bos: str | int | None = Field(None, description="token prepended to every document, or null")
+    stochastok: StochasTokConfig = StochasTokConfig()
+
+
+class ShardsConfig(Section):
+    target: int = Field(100_000_000, gt=0, description="shard size, in `unit`")
+    unit: Literal["tokens", "bytes"] = "tokens"
+    shuffle: bool = Field(False, description="seeded global shuffle of documents across shards")
+    seed: int = Field(0, ge=0)
+
+
 class OutputConfig(Section):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
@@ -125,6 +146,8 @@ class RunConfig(Section):
     dedup_exact: DedupExactConfig = DedupExactConfig()
     dedup_near: DedupNearConfig = DedupNearConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    encode: EncodeConfig = EncodeConfig()
+    shards: ShardsConfig = ShardsConfig()
     output: OutputConfig = OutputConfig()
     progress: bool = True
     shuffle_rows_per_bucket: int = Field(500_000, gt=0, description="rows per bucket in dedup shuffles; sets bucket counts from the data, not the worker count")
@@ -189,6 +212,17 @@ def parse_config(raw: dict[str, Any], check_inputs: bool = True) -> RunConfig:
             params_of(cfg)  # the stage's own checks (e.g. seed range), before any work
         except ValueError as e:
             raise ConfigError(f"dedup_near: {e}") from None
+    if cfg.encode.enabled and not cfg.tokenizer.enabled:
+        raise ConfigError("encode.enabled needs a tokenizer: set tokenizer.enabled: true (and tokenizer.path to use an existing one)")
+    if cfg.encode.enabled and cfg.tokenizer.path is None:
+        specials = list(cfg.tokenizer.train.get("special_tokens") or [])
+        eod = cfg.encode.eod
+        if eod == "auto" and not specials:
+            raise ConfigError("encode.eod is auto but tokenizer.train.special_tokens is empty; add \"<|endoftext|>\" "
+                              "to the special tokens, or set encode.eod: null")
+        for key, tok in (("eod", eod), ("bos", cfg.encode.bos)):
+            if isinstance(tok, str) and tok != "auto" and tok not in specials:
+                raise ConfigError(f"encode.{key}={tok!r} is not among tokenizer.train.special_tokens {specials}")
     urls = [cfg.run_root, *cfg.input.paths]
     if cfg.engine.kind == "ray" and any(u.startswith("memory://") for u in urls):
         raise ConfigError("memory:// lives inside one process and Ray workers cannot see it; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from itertools import pairwise
 from pathlib import PurePosixPath
 
 import fsspec
@@ -21,7 +22,8 @@ from stages import megatron, shards
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tokenmill inspect", description=__doc__.split("\n\n")[0]
+        prog="tokenmill inspect",
+        description="Counts, length histogram and decoded documents of Megatron shards.",
     )
     parser.add_argument("prefix", help="shard prefix (no extension) or a shard directory")
     parser.add_argument("--tokenizer", help="tokenizer.json used to decode (default: manifest)")
@@ -53,9 +55,9 @@ def _histogram(lengths: np.ndarray, width: int = 40) -> list[str]:
     if lengths.size == 0:
         return ["  (no documents)"]
     edges = 2 ** np.arange(0, int(np.log2(max(int(lengths.max()), 1))) + 2)
-    labels = ["0"] + [f"[{a}, {b})" for a, b in zip(edges[:-1], edges[1:])]
+    labels = ["0"] + [f"[{a}, {b})" for a, b in pairwise(edges)]
     counts = [int((lengths == 0).sum())] + [
-        int(((lengths >= a) & (lengths < b)).sum()) for a, b in zip(edges[:-1], edges[1:])
+        int(((lengths >= a) & (lengths < b)).sum()) for a, b in pairwise(edges)
     ]
     used = [i for i, c in enumerate(counts) if c]
     labels, counts = labels[used[0] : used[-1] + 1], counts[used[0] : used[-1] + 1]

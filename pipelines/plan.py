@@ -14,11 +14,13 @@ from pipelines.config import RunConfig
 from pipelines.steps.base import SUCCESS, Step
 from pipelines.steps.dedup_exact import DedupExactStep
 from pipelines.steps.dedup_near import DedupNearStep
+from pipelines.steps.encode import EncodeStep
 from pipelines.steps.langid import LangIdStep
 from pipelines.steps.normalize import NormalizeStep
 from pipelines.steps.read import ReadStep
 from pipelines.steps.train_bpe import TrainBpeStep
 from pipelines.steps.write import WriteStep
+from pipelines.steps.write_shards import WriteShardsStep
 
 # Document steps in order; each consumes the documents of the previous enabled one.
 DOC_STEPS: list[type[Step]] = [ReadStep, NormalizeStep, LangIdStep, DedupExactStep, DedupNearStep, WriteStep]
@@ -34,6 +36,9 @@ def build_plan(cfg: RunConfig) -> list[Step]:
     train = TrainBpeStep((docs,))
     if train.enabled(cfg):
         steps.append(train)
+    encode = EncodeStep((docs, train.name) if train.enabled(cfg) else (docs,))
+    if encode.enabled(cfg):
+        steps += [encode, WriteShardsStep((encode.name,))]
     return steps
 
 

@@ -38,9 +38,20 @@ def quarantine(run_root: Path) -> pa.Table:
 
 
 def data_checksums(run_root: Path) -> dict[str, str]:
-    """sha256 of every data file of every step (task records and _SUCCESS excluded: they hold timings)."""
+    """sha256 of every output file of every step: Parquet parts, tokenizer files, shards,
+    doc index, manifest. Left out: task records, _SUCCESS.json and training_stats.json
+    (they hold timings), and the manifest's tokenizer path (it names the run root)."""
     out = {}
+    wanted = {".parquet", ".bin", ".idx", ".txt", ".tiktoken"}
     for name, d in step_dirs(run_root).items():
-        for f in sorted(d.rglob("*.parquet")):
-            out[f"{name}/{f.relative_to(d)}"] = hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(d.rglob("*")):
+            rel = f.relative_to(d)
+            if not f.is_file() or rel.parts[0] == "_tasks":
+                continue
+            if f.suffix in wanted or f.name in ("tokenizer.json", "vocab.json", "tiktoken.json") or f.name.endswith(".done.json"):
+                out[f"{name}/{rel}"] = hashlib.sha256(f.read_bytes()).hexdigest()
+            elif f.name == "manifest.json":
+                m = json.loads(f.read_text())
+                m["tokenizer"].pop("path")
+                out[f"{name}/{rel}"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
     return out

@@ -63,24 +63,35 @@ def _versions(raw) -> dict[str, str]:
     return {p.step.name: p.version for p in resolve(parse_config(raw))}
 
 
-# Field by field: which config changes move which step's output path.
-@pytest.mark.parametrize("key, value, moved", [
-    ("engine.workers", 7, set()),
-    ("engine.kind", "local", set()),
-    ("progress", False, set()),
-    ("normalize.unicode_form", "NFKC", {"normalize", "langid", "dedup_exact", "dedup_near", "write", "train_bpe"}),
-    ("dedup_exact.strip_digits", True, {"dedup_exact", "dedup_near", "write", "train_bpe"}),
-    ("dedup_near.threshold", 0.85, {"dedup_near", "write", "train_bpe"}),
-    ("output.compression", "snappy", {"write", "train_bpe"}),
-    ("input.max_doc_bytes", 5000, {"read", "normalize", "langid", "dedup_exact", "dedup_near", "write", "train_bpe"}),
-    ("tokenizer.train.vocab_size", 4096, {"train_bpe"}),
-    ("tokenizer.train.max_partition_mb", 100, set()),
-    ("tokenizer.train.min_frequency", 0, set()),  # spelled-out default
+# Field by field: which config change moves which step's output path. A change moves the
+# named step and, through the input versions, every step downstream of it; None: nothing.
+ORDER = ["read", "normalize", "langid", "dedup_exact", "dedup_near", "write", "train_bpe", "encode", "write_shards"]
+
+
+@pytest.mark.parametrize("key, value, first_moved", [
+    ("engine.workers", 7, None),
+    ("engine.kind", "local", None),
+    ("progress", False, None),
+    ("input.max_doc_bytes", 5000, "read"),
+    ("normalize.unicode_form", "NFKC", "normalize"),
+    ("langid.threshold", 0.2, "langid"),
+    ("dedup_exact.strip_digits", True, "dedup_exact"),
+    ("dedup_near.threshold", 0.85, "dedup_near"),
+    ("output.compression", "snappy", "write"),
+    ("tokenizer.train.vocab_size", 4096, "train_bpe"),
+    ("tokenizer.train.max_partition_mb", 100, None),
+    ("tokenizer.train.min_frequency", 0, None),  # spelled-out default
+    ("encode.stochastok.p", 0.2, "encode"),
+    ("encode.eod", "null", "encode"),
+    ("shards.target", 1000, "write_shards"),
+    ("shards.shuffle", False, "write_shards"),
 ])
-def test_versioning_contract(laptop_raw, key, value, moved):
+def test_versioning_contract(laptop_raw, key, value, first_moved):
     base = _versions(laptop_raw)
+    assert list(base) == ORDER
     changed = _versions(apply_overrides(laptop_raw, [f"{key}={value}"]))
-    assert {k for k in base if base[k] != changed[k]} == moved & set(base)
+    want = set() if first_moved is None else set(ORDER[ORDER.index(first_moved):])
+    assert {k for k in base if base[k] != changed[k]} == want
     assert all(len(v) >= 16 for v in base.values())
 
 

@@ -1,0 +1,87 @@
+"""The encode step: documents -> token ids (+ EOD/BOS), optionally StochasTok-expanded.
+
+One task per document part; part p in -> tokens/part-p.parquet out, with columns
+`id`, `tokens` (list<int32>, framed), `n_tokens`, and with StochasTok on also
+`stochastok` (the expanded, framed ids), `n_stochastok`, `st_attempts`, `st_expanded`.
+The encoder (tiktoken where exact, else Hugging Face; stages.encode) and the split table
+are built once per worker process.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+import pyarrow as pa
+
+from pipelines import io
+from pipelines.config import RunConfig
+from pipelines.steps.base import Step, StepContext, merge_counters, run_tasks, write_part
+from stages.encode import Encoder, ids_to_arrow
+from stages.stochastok import SplitTable, document_keys, expand_flat
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(tokenizer_url: str, eod, bos) -> Encoder:
+    # One thread: a task owns one CPU of the engine; parallelism comes from tasks.
+    return Encoder.from_tokenizer_json(tokenizer_url, eod=eod, bos=bos, threads=1)
+
+
+@functools.lru_cache(maxsize=4)
+def _split_table(tokenizer_url: str, eod, bos) -> SplitTable:
+    return SplitTable.build(_encoder(tokenizer_url, eod, bos).token_bytes)
+
+
+def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer_url: str, eod, bos,
+                stochastok: dict, compression: str) -> dict:
+    docs = io.read_parquet(in_url, columns=["id", "text"])
+    ids = docs.column("id").to_pylist()
+    enc = _encoder(tokenizer_url, eod, bos)
+    before = enc.stats
+    tokens, lengths = enc.encode_flat(docs.column("text").to_pylist(), frame=False)
+    fell_back = enc.stats.hf_documents - before.hf_documents
+    framed, framed_len = enc.frame(tokens, lengths)
+    cols = {"id": docs.column("id"), "tokens": ids_to_arrow(framed, framed_len), "n_tokens": pa.array(framed_len, pa.int64())}
+    counters = Counter(documents=len(ids), tokens=int(framed_len.sum()), hf_fallback_documents=int(fell_back))
+    if stochastok["mode"] != "off":
+        exp = expand_flat(tokens, lengths, document_keys(stochastok["seed"], ids), _split_table(tokenizer_url, eod, bos),
+                          stochastok["p"], max_num_to_expand=stochastok["max_num_to_expand"])
+        st, st_len = enc.frame(exp.tokens, exp.lengths)
+        cols.update(stochastok=ids_to_arrow(st, st_len), n_stochastok=pa.array(st_len, pa.int64()),
+                    st_attempts=pa.array(exp.attempts, pa.int64()), st_expanded=pa.array(exp.expanded, pa.int64()))
+        counters.update(stochastok_tokens=int(st_len.sum()), stochastok_attempts=exp.total_attempts,
+                        stochastok_expanded=int(exp.expanded.sum()))
+    table = pa.table(cols)
+    return {"counters": dict(counters), "rows_in": len(ids), "parts": [write_part(step_url, "tokens", part, table, compression)]}
+
+
+def tokenizer_url(cfg: RunConfig, inputs: dict) -> str:
+    if cfg.tokenizer.path:
+        return cfg.tokenizer.path
+    return io.join(inputs["train_bpe"].url, inputs["train_bpe"].record["tokenizer"])
+
+
+class EncodeStep(Step):
+    name = "encode"
+
+    def enabled(self, cfg: RunConfig) -> bool:
+        return cfg.encode.enabled
+
+    def version_config(self, cfg: RunConfig) -> dict:
+        c = cfg.encode.model_dump()
+        if cfg.tokenizer.path:  # a trained tokenizer is versioned through its step's input
+            c["tokenizer_sha256"] = io.sha256_of(cfg.tokenizer.path)
+        return c
+
+    def run(self, ctx: StepContext) -> dict:
+        c = ctx.cfg.encode
+        tok = tokenizer_url(ctx.cfg, ctx.inputs)
+        docs = ctx.inputs[self.inputs[0]]
+        st = c.stochastok.model_dump()
+        args = [dict(in_url=u, part=p, tokenizer_url=tok, eod=c.eod, bos=c.bos, stochastok=st, compression=ctx.compression)
+                for p, u in docs.part_urls()]
+        results = run_tasks(ctx, encode_task, "encode", args, "encode")
+        enc = _encoder(tok, c.eod, c.bos)
+        return {"counters": merge_counters(results), "parts": [p for r in results for p in r["parts"]],
+                "tokenizer": tok, "vocab_size": enc.vocab_size, "backend": enc.backend, "backend_reason": enc.backend_reason}
+
