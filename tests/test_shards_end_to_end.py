@@ -1,0 +1,84 @@
+"""The run's shards, read back as a trainer would: independent Megatron reader, exact text
+round trip, ids equal to Hugging Face `encode`, StochasTok stream decoding to the same bytes.
+
+Uses the shared reference run of the laptop config (Ray, 2 workers; StochasTok `both`,
+global shuffle on, 200k-token shards), so the shards are the real pipeline's output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from helpers_runs import output_docs, summary
+from stages.shards import read_doc_index, verify_manifest
+from test_megatron_format import read_local
+
+
+@pytest.fixture(scope="module")
+def shards(reference_run):
+    run_root = reference_run[0]
+    steps = summary(run_root)["steps"]
+    out = Path(steps["write_shards"]["url"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    tok = Tokenizer.from_file(manifest["tokenizer"]["path"])
+    texts = dict(zip(*(output_docs(run_root).column(c).to_pylist() for c in ("id", "text"))))
+    index = read_doc_index(str(out)).to_pylist()
+    return out, manifest, tok, texts, index
+
+
+def _stream(out: Path, manifest: dict, stream: str):
+    """(doc id, ids) for every document of a stream, via the independent reader and the doc index."""
+    index = {(r["shard"], r["doc_index"]): r["doc_id"] for r in read_doc_index(str(out)).to_pylist()}
+    for rec in manifest["shards"]:
+        if rec["stream"] != stream:
+            continue
+        got = read_local(out / rec["name"])
+        assert got["code"] == 8 and got["version"] == 1  # uint16 for an 8k vocab
+        assert list(got["doc_index"]) == list(range(got["n"] + 1))
+        for i, ids in enumerate(got["docs"]):
+            yield index[(rec["name"], i)], ids
+
+
+def test_manifest_verifies_and_counts_add_up(shards):
+    out, manifest, _, texts, _ = shards
+    assert verify_manifest(str(out)) == []
+    for stream in ("tokens", "stochastok"):
+        assert manifest["totals"][stream]["documents"] == len(texts)
+
+
+def test_plain_stream_decodes_to_kept_texts_and_equals_hf_encode(shards):
+    out, manifest, tok, texts, _ = shards
+    eod = tok.token_to_id("<|endoftext|>")
+    seen = set()
+    for doc_id, ids in _stream(out, manifest, "tokens"):
+        text = texts[doc_id]
+        assert ids[-1] == eod
+        assert list(ids[:-1]) == tok.encode(text, add_special_tokens=False).ids, doc_id
+        assert tok.decode(list(ids[:-1])) == text
+        seen.add(doc_id)
+    assert seen == set(texts)
+
+
+def test_stochastok_stream_decodes_to_the_same_bytes(shards):
+    out, manifest, tok, texts, _ = shards
+    plain = dict(_stream(out, manifest, "tokens"))
+    expanded = dict(_stream(out, manifest, "stochastok"))
+    assert plain.keys() == expanded.keys()
+    longer = 0
+    for doc_id, ids in expanded.items():
+        assert tok.decode(list(ids)) == tok.decode(list(plain[doc_id]))
+        longer += len(ids) > len(plain[doc_id])
+    assert longer > len(expanded) // 2  # the expansion really happened
+    st = manifest["totals"]["stochastok"]
+    # realized rate below p = 0.1: some tokens have no split
+    assert 0 < st["stochastok_expanded"] <= st["stochastok_attempts"]
+
+
+def test_shuffle_spreads_sources_across_shards(shards):
+    _, _, _, _, index = shards
+    first_shard = [r["doc_id"] for r in index if r["shard"] == "tokens-00000"]
+    assert len({d.split(":")[0] for d in first_shard}) >= 3  # not just one input file in order
