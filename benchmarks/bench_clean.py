@@ -40,7 +40,7 @@ def one_run(data: Path, workers: int, engine: RayEngine) -> dict:
         raw["engine"].update(workers=workers)
         cfg = parse_config(raw)
         t0 = time.monotonic()
-        summary = run(cfg, engine=engine)
+        summary = run(cfg, engine=engine, until="write")
         wall = time.monotonic() - t0
     return {"wall": wall, "summary": summary}
 
