@@ -48,17 +48,6 @@ def _texts(url: str) -> list[str]:
     return io.read_parquet(url, columns=["text"]).column("text").to_pylist()
 
 
-def _read_dir_any(url: str) -> pa.Table | None:
-    """All Parquet files under a directory, concatenated (schema as stored), or None."""
-    fs, path = io.filesystem(url)
-    if not fs.exists(path):
-        return None
-    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
-    proto = io.protocol_of(url)
-    tables = [io.read_parquet(p if proto == "file" else f"{proto}://{p}") for p in files]
-    return pa.concat_tables(tables) if tables else None
-
-
 def bands_task(step_url: str, index: int, in_url: str, part: int, params: nd.NearDupParams, buckets: int, compression: str) -> dict:
     texts = _texts(in_url)
     sigs = nd.signatures(texts, params, values=params.bands * params.rows)
@@ -83,7 +72,7 @@ def _full_signatures(in_url: str, need: np.ndarray, params: nd.NearDupParams) ->
 
 
 def verify_src_task(step_url: str, index: int, in_url: str, part: int, params: nd.NearDupParams, compression: str) -> dict:
-    edges = _read_dir_any(io.join(step_url, "edges", f"part-{part:05d}"))
+    edges = shuffle.read_dir(io.join(step_url, "edges", f"part-{part:05d}"))
     if edges is None or edges.num_rows == 0:
         return {"edges": 0}
     need = nd.rows_of_part(edges, part, "src")
@@ -93,7 +82,7 @@ def verify_src_task(step_url: str, index: int, in_url: str, part: int, params: n
 
 
 def verify_dst_task(step_url: str, index: int, in_url: str, part: int, params: nd.NearDupParams, compression: str) -> dict:
-    edges = _read_dir_any(io.join(step_url, "edges_dst", f"part-{part:05d}"))
+    edges = shuffle.read_dir(io.join(step_url, "edges_dst", f"part-{part:05d}"))
     if edges is None or edges.num_rows == 0:
         verified = VERIFIED_SCHEMA.empty_table()
     else:

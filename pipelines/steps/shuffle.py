@@ -52,22 +52,25 @@ def write_by_part(step_url: str, name: str, writer: int, table: pa.Table, compre
     return _write_groups(io.join(step_url, name), "part", f"from-{writer:05d}.parquet", table, parts, compression)
 
 
-def _read_dir(url: str, schema: pa.Schema) -> pa.Table:
+def read_dir(url: str, schema: pa.Schema | None = None) -> pa.Table | None:
+    """Every Parquet file of a directory (in name order), concatenated. With `schema`, cast
+    to it (an absent or empty directory gives an empty table); without, as stored (None
+    when there is nothing)."""
     fs, path = io.filesystem(url)
-    if not fs.exists(path):
-        return schema.empty_table()
-    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet")) if fs.exists(path) else []
     proto = io.protocol_of(url)
     tables = [io.read_parquet(p if proto == "file" else f"{proto}://{p}") for p in files]
+    if schema is None:
+        return pa.concat_tables(tables) if tables else None
     return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
 
 
 def read_bucket(step_url: str, name: str, bucket: int, schema: pa.Schema) -> pa.Table:
-    return _read_dir(io.join(step_url, name, f"bucket-{bucket:05d}"), schema)
+    return read_dir(io.join(step_url, name, f"bucket-{bucket:05d}"), schema)
 
 
 def read_for_part(step_url: str, name: str, part: int, schema: pa.Schema) -> pa.Table:
-    return _read_dir(io.join(step_url, name, f"part-{part:05d}"), schema)
+    return read_dir(io.join(step_url, name, f"part-{part:05d}"), schema)
 
 
 def hash_buckets(values: pa.Array, n: int) -> np.ndarray:
