@@ -97,6 +97,8 @@ class ShardPlan:
 
     def shards(self) -> list[np.ndarray]:
         """`documents_of` for every shard, in one pass."""
+        if not self.num_shards:
+            return []
         order = self.order()
         cuts = np.searchsorted(self.shard[order], np.arange(1, self.num_shards))
         return np.split(order, cuts)

@@ -336,6 +336,12 @@ def _excl_cumsum(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _per_doc(cumulative: np.ndarray, draw_off: np.ndarray) -> np.ndarray:
+    """Per-document totals from an inclusive cumulative sum over all draws."""
+    padded = np.concatenate(([0], cumulative))
+    return padded[draw_off[1:]] - padded[draw_off[:-1]]
+
+
 def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, round_: int):
     """One vectorized pass; returns outputs and which documents ran out of draws.
 
@@ -346,21 +352,23 @@ def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, rou
     n_tok = tokens.size
     tok_off = _excl_cumsum(lengths)
     draws = budget(lengths, n_att, round_)
-    pool = lengths + draws
-    if pool.size and int(pool.max()) >= 2**32:
+    if draws.size and int((lengths + draws).max()) >= 2**32:
         raise ValueError("document too long for StochasTok's 32-bit slot draws")
     draw_off = _excl_cumsum(draws)
     total = int(draw_off[-1])
     counts = table.counts
 
     doc = np.repeat(np.arange(n_docs), draws)
-    local = np.arange(total, dtype=np.int64) - draw_off[doc]
+    start_d = draw_off[doc]
+    len_d = lengths[doc]
+    local = np.arange(total, dtype=np.int64) - start_d
     base = _mix(keys)[doc]
     counter = local.astype(np.uint64)
-    r = pick(_slot_words(base, counter), lengths[doc] + local)  # slots alive at draw d: [0, L + d)
-    r -= lengths[doc]  # now: >= 0 picks the slot made by this doc's draw r, < 0 an original
+    # draw d picks among the slots alive or not yet known dead: [0, L + d)
+    r = pick(_slot_words(base, counter), len_d + local) - len_d
+    # r >= 0: the slot made by this document's draw r; r < 0: original token L + r
     appended = r >= 0
-    creator = np.where(appended, draw_off[doc] + r, -1)
+    creator = np.where(appended, start_d + r, -1)
     gslot = np.where(appended, n_tok + creator, tok_off[doc + 1] + r)
 
     # previous visit to the same slot; only slots seen more than once need the (stable,
@@ -373,29 +381,30 @@ def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, rou
     prev[order[1:][same]] = order[:-1][same]
 
     tok_in = np.full(total, -1, dtype=np.int64)
-    valid = np.zeros(total, dtype=bool)
+    valid = ~appended  # original slots are always alive; made slots are settled below
     succ = np.zeros(total, dtype=bool)
     split = np.full(total, -1, dtype=np.int64)
     resolved = np.zeros(total, dtype=bool)
-    first_orig = np.flatnonzero(~appended & (prev < 0))
-    tok_in[first_orig] = tokens[gslot[first_orig]]
-    valid[first_orig] = True
 
-    def settle(idx: np.ndarray, t: np.ndarray, ok_known: bool = False) -> None:
+    def settle(idx: np.ndarray, t: np.ndarray, known_valid: bool = False) -> None:
         # t: the token each draw found (-1 where the draw was rejected)
-        n = counts[t] if ok_known else np.where(t >= 0, counts[np.maximum(t, 0)], 0)
-        ok = n > 0 if ok_known else valid[idx] & (n > 0)
+        n = counts[t] if known_valid else np.where(t >= 0, counts[np.maximum(t, 0)], 0)
+        ok = n > 0 if known_valid else valid[idx] & (n > 0)
         succ[idx] = ok
         sel = idx[ok]  # choice words only for the draws that split something
         choice = pick(_choice_words(base[sel], counter[sel]), n[ok])
         split[sel] = table.offsets[t[ok]] + choice
         resolved[idx] = True
 
-    settle(first_orig, tok_in[first_orig], ok_known=True)
+    first_orig = np.flatnonzero(valid & (prev < 0))
+    t_first = tokens[gslot[first_orig]]
+    tok_in[first_orig] = t_first
+    settle(first_orig, t_first, known_valid=True)
     pending = np.flatnonzero(~resolved)
-    dep = np.where(prev >= 0, prev, creator)
+    dep = np.where(prev[pending] >= 0, prev[pending], creator[pending])
     while pending.size:
-        ready = pending[resolved[dep[pending]]]
+        is_ready = resolved[dep]
+        ready = pending[is_ready]
         if not ready.size:  # dependencies point backwards in time, so this cannot happen
             raise AssertionError("StochasTok draw dependencies did not resolve")
         # a revisited slot holds the left piece if the previous visit split it
@@ -408,31 +417,31 @@ def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, rou
         # the first visit to a made slot finds the right piece of the split that made it
         fresh = ready[prev[ready] < 0]
         c_ = creator[fresh]
-        valid[fresh] = succ[c_]
         made_ok = succ[c_]
+        valid[fresh] = made_ok
         tok_in[fresh[made_ok]] = table.right[split[c_[made_ok]]]
         settle(ready, tok_in[ready])
-        pending = pending[~resolved[pending]]
+        pending, dep = pending[~is_ready], dep[~is_ready]
 
     # which draws are attempts that happened: the first N accepted, until the cap is hit
-    starts = draw_off[:-1]
-    att_no = np.cumsum(valid) - np.repeat(_excl_cumsum(valid)[starts], draws)
+    cum_valid = np.cumsum(valid)
+    att_no = cum_valid - np.concatenate(([0], cum_valid))[start_d]
     made = valid & (att_no <= n_att[doc])
     if cap < np.iinfo(np.int64).max:
-        succ_before = np.cumsum(succ) - succ - np.repeat(_excl_cumsum(succ)[starts], draws)
+        cum_succ = np.cumsum(succ)
+        succ_before = cum_succ - succ - np.concatenate(([0], cum_succ))[start_d]
         made &= succ_before < cap
     applied = made & succ
-    attempts = np.bincount(doc[made], minlength=n_docs)
-    expanded = np.bincount(doc[applied], minlength=n_docs)
-    accepted = np.bincount(doc[valid], minlength=n_docs)
+    accepted = _per_doc(cum_valid, draw_off)
+    attempts = _per_doc(np.cumsum(made), draw_off)
+    a = np.flatnonzero(applied)
+    expanded = np.bincount(doc[a], minlength=n_docs)
     short = (accepted < n_att) & (expanded < cap)
 
     # rebuild: nodes are the applied draws (each made one new slot)
-    a = np.flatnonzero(applied)
     n_new = a.size
-    out_base = tokens.astype(np.int32)  # a copy: split slots get their final piece below
     if not n_new:
-        return out_base, lengths + expanded, attempts, expanded, short
+        return tokens.astype(np.int32), lengths + expanded, attempts, expanded, short
     a_parent = gslot[a]
     a_split = split[a]
     a_left = table.left[a_split]
@@ -440,18 +449,24 @@ def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, rou
     node_of_draw = np.full(total, -1, dtype=np.int64)
     node_of_draw[a] = np.arange(n_new)
     # sibling rank (1 = newest: the newest piece split off a slot sits right after it); the
-    # newest split also leaves the slot its final (left) piece. Sort only shared parents.
-    kids = np.bincount(a_parent, minlength=n_tok + total)
+    # newest split also leaves the slot its final (left) piece. Slots split twice or more
+    # were visited twice or more, so they are among `order` (slot, then time).
     rank = np.ones(n_new, dtype=np.int64)
-    shared = np.flatnonzero(kids[a_parent] > 1)
-    sib = shared[np.lexsort((-local[a[shared]], a_parent[shared]))]
-    sp = a_parent[sib]
-    first = np.r_[True, sp[1:] != sp[:-1]]
-    rank[sib] = np.arange(sib.size) - np.maximum.accumulate(np.where(first, np.arange(sib.size), 0)) + 1
+    o_applied = applied[order]
+    if o_applied.any():
+        o_slot = gslot[order]
+        run_start = np.flatnonzero(np.r_[True, o_slot[1:] != o_slot[:-1]])
+        run = np.cumsum(np.r_[True, o_slot[1:] != o_slot[:-1]]) - 1
+        upto = np.cumsum(o_applied)  # applied visits so far, over all runs
+        at_end = upto[np.r_[run_start[1:] - 1, o_slot.size - 1]]
+        at_start = upto[run_start] - o_applied[run_start]
+        later = at_end[run] - upto + o_applied  # applied visits from this one to the run end
+        shared = o_applied & (at_end[run] - at_start[run] > 1)
+        rank[node_of_draw[order[shared]]] = later[shared]
     newest = np.flatnonzero(rank == 1)
     slot = a_parent[newest]
     is_orig = slot < n_tok
-    out_base[slot[is_orig]] = a_left[newest[is_orig]]
+    root_final = slot[is_orig], a_left[newest[is_orig]]
     node_final[node_of_draw[slot[~is_orig] - n_tok]] = a_left[newest[~is_orig]]
     # root token and depth of every node
     root = a_parent.copy()
@@ -497,8 +512,10 @@ def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, rou
     out = np.empty(n_tok + n_new, dtype=np.int32)
     keep = np.ones(n_tok + n_new, dtype=bool)
     keep[ins] = False
+    out[keep] = tokens
     out[ins] = node_final
-    out[keep] = out_base
+    split_root, left_piece = root_final  # a split original keeps its last left piece
+    out[split_root + before[split_root]] = left_piece
     return out, lengths + expanded, attempts, expanded, short
 
 

@@ -85,6 +85,10 @@ def base(train_texts, tmp_path_factory):
     return path
 
 
+# SuperBPE's stage-2 kind of split: only separators match, the text between them is kept
+# whole by Hugging Face (and dropped by plain tiktoken)
+SEPARATORS_ONLY = r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]{2,}|\s*[\r\n]+|\s+(?!\S)"
+
 _ORACLES: dict[str, Tokenizer] = {}
 
 
@@ -134,14 +138,33 @@ def test_held_out_parity_with_hugging_face(base, held_out):
         {"prefix_space": True},
         {"split": encode.LLAMA3_PATTERN},
         {"split": encode.GPT2_PATTERN, "vocab_size": 3000},
+        {"split": SEPARATORS_ONLY, "vocab_size": 3000},
     ],
-    ids=["add_prefix_space", "llama3_split", "gpt2_split_small_vocab"],
+    ids=["add_prefix_space", "llama3_split", "gpt2_split_small_vocab", "separators_only"],
 )
 def test_tiktoken_variants_match(train_texts, small_held_out, tmp_path, variant):
     path = save(train(train_texts[::3], **variant), tmp_path, "tok.json")
     enc = Encoder.from_tokenizer_json(str(path))
     assert enc.backend == "tiktoken", enc.backend_reason
     assert_parity(enc, path, small_held_out + ["", " ", "x", "  lead", "\n\ntrail  "])
+    assert enc.stats.hf_documents == 0
+
+
+def test_split_that_can_match_empty_stays_exact(train_texts, small_held_out, tmp_path):
+    """tiktoken fails on empty pieces, so such a split goes to Hugging Face."""
+    path = save(train(train_texts[::3], vocab_size=2000, split=r"\p{N}*| ?\p{L}+"), tmp_path,
+                "empty.json")
+    enc = Encoder.from_tokenizer_json(str(path))
+    assert enc.backend == "hf" and "empty string" in enc.backend_reason
+    assert_parity(enc, path, small_held_out)
+
+
+def test_run_marker_in_text_is_encoded_exactly(base):
+    """The fast GPT-2 route marks whitespace runs with U+FDD0; text holding it is exact too."""
+    texts = ["a  \ufdd0 b", "\ufdd0\ufdd0", "x \ufdd0\n\n y", "  \ufdd0x  y"]
+    enc = Encoder.from_tokenizer_json(str(base), eod=None)
+    assert enc._tt_exact is not None  # the GPT-2 split takes the marked route
+    assert_parity(enc, base, texts)
     assert enc.stats.hf_documents == 0
 
 
@@ -272,6 +295,21 @@ def test_arrow_round_trip(base):
     assert column.to_pylist() == [d.tolist() for d in encode.split_flat(tokens, lengths)]
     t2, l2 = encode.arrow_to_flat(column.slice(1))
     assert np.array_equal(l2, lengths[1:]) and np.array_equal(t2, tokens[lengths[0]:])
+
+
+def test_code_point_sweep_matches_hugging_face(base):
+    """Unicode classes (\\p{L}, \\p{N}, \\s) agree between tiktoken's and HF's regex engines,
+    and the whitespace runs the fast GPT-2 route marks are the regex's: every code point up to
+    U+3000 (all whitespace is there) and a stride through the rest, in runs and alone."""
+    points = [*range(0x3001), *range(0x3001, 0x110000, 61)]
+    chars = [chr(c) for c in points if not 0xD800 <= c <= 0xDFFF]
+    contexts = ("a{c}b", " {c}", "{c}{c} x", "x{c}  y", "{c}{c}x", "a {c}b", "a{c} b", "{c} \n{c}")
+    texts = [t.format(c=ch) for ch in chars for t in contexts]
+    enc = _cached_encoder(str(base))
+    got = enc.encode_batch(texts, frame=False)
+    want = hf_ids(base, texts)
+    bad = [texts[i] for i, (g, w) in enumerate(zip(got, want)) if g.tolist() != w]
+    assert not bad, [ascii(b) for b in bad[:10]]
 
 
 _ALPHABET = st.sampled_from(

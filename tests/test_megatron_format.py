@@ -79,7 +79,8 @@ def check_layout(got: dict, docs: list[np.ndarray], code: int, itemsize: int) ->
     assert got["n"] == len(docs) and got["d1"] == len(docs) + 1
     lengths = np.array([d.size for d in docs], dtype=np.int64)
     assert np.array_equal(got["lengths"], lengths)
-    assert np.array_equal(got["pointers"], np.concatenate(([0], np.cumsum(lengths)[:-1])) * itemsize)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    assert np.array_equal(got["pointers"], starts * itemsize)
     assert np.array_equal(got["doc_index"], np.arange(len(docs) + 1))
     assert got["bin_size"] == int(lengths.sum()) * itemsize
     for want, have in zip(docs, got["docs"]):

@@ -148,6 +148,8 @@ def test_in_order_plan_cuts_by_target():
     assert set(plan.shard) == set(range(plan.num_shards))  # dense names
     big = shards.plan_shards([50_000, 10, 10], target=1000)  # one document past the target
     assert big.shard.tolist() == [0, 1, 1]
+    assert shards.plan_shards([], target=10).shards() == []
+    assert shards.plan_shards([], target=10, doc_ids=[], shuffle_seed=1).shards() == []
 
 
 def test_shuffle_is_a_seeded_permutation_of_the_ids():
