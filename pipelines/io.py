@@ -1,4 +1,5 @@
-"""Storage helpers over fsspec: URL handling, atomic writes, input discovery.
+"""Pipeline storage helpers: Parquet and JSON files, input discovery. The URL primitives
+(atomic writes, joins, checksums) live in stages.storage, shared with the stages.
 
 Every path in tokenmill is an fsspec URL (a plain local path is one too), so the same
 code writes to a laptop disk, `memory://` in tests, or an object store on a cluster.
@@ -12,35 +13,17 @@ import io
 import json
 import os
 import posixpath
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem of a URL and the path inside it."""
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
+from stages.storage import atomic_write_bytes, exists, filesystem, join, read_bytes, sha256_of  # noqa: F401  (re-exported)
 
 
 def protocol_of(url: str) -> str:
     return url.split("://", 1)[0] if "://" in url else "file"
-
-
-def join(url: str, *parts: str) -> str:
-    if "://" in url:
-        proto, rest = url.split("://", 1)
-        return f"{proto}://{posixpath.join(rest, *parts)}"
-    return os.path.join(url, *parts)
-
-
-def exists(url: str) -> bool:
-    fs, path = filesystem(url)
-    return fs.exists(path)
 
 
 def makedirs(url: str) -> None:
@@ -48,33 +31,8 @@ def makedirs(url: str) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
-def read_bytes(url: str) -> bytes:
-    fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
-
-
 def read_json(url: str) -> Any:
     return json.loads(read_bytes(url))
-
-
-def atomic_write_bytes(url: str, data: bytes) -> None:
-    """Write to a unique temporary name next to the target, then rename.
-
-    On local disks the rename is atomic; on object stores a single PUT is, and `mv` there
-    is copy+delete of a complete object, so a reader never sees a partial file either way.
-    """
-    fs, path = filesystem(url)
-    parent = posixpath.dirname(path) if protocol_of(url) != "file" else os.path.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-        if protocol_of(url) == "file":
-            f.flush()
-            os.fsync(f.fileno())
-    fs.mv(tmp, path)
 
 
 def atomic_write_json(url: str, obj: Any) -> None:
@@ -94,15 +52,6 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = filesystem(url)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=columns)
-
-
-def sha256_of(url: str) -> str:
-    fs, path = filesystem(url)
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
+
+from stages.storage import filesystem
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -103,18 +104,13 @@ def index_bytes(lengths: np.ndarray, dtype) -> bytes:
     )
 
 
-def _fs_and_path(url: str, storage_options: dict | None = None):
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, path
-
-
 def remove_stale_temporaries(prefix: str, storage_options: dict | None = None) -> list[str]:
     """Delete temporaries a killed writer left for `prefix`; returns what was removed.
 
     Safe only while no other writer works on the same prefix; shard names are unique per
     run, so a rerun owns its prefixes.
     """
-    fs, path = _fs_and_path(prefix, storage_options)
+    fs, path = filesystem(prefix, storage_options)
     removed = []
     for ext in (".bin", ".idx"):
         for stale in fs.glob(f"{path}{ext}{_TMP_MARK}*"):
@@ -156,7 +152,7 @@ class MegatronWriter:
         self.dtype = _token_dtype(dtype)
         limit = np.iinfo(self.dtype).max + 1
         self._id_limit = min(limit, vocab_size) if vocab_size is not None else limit
-        self._fs, self._path = _fs_and_path(prefix, storage_options)
+        self._fs, self._path = filesystem(prefix, storage_options)
         self._local = isinstance(self._fs, LocalFileSystem)
         tag = uuid.uuid4().hex[:12]
         self._tmp_bin = f"{self._path}.bin{_TMP_MARK}{tag}"
@@ -311,7 +307,7 @@ class MegatronReader:
 
     def __init__(self, prefix: str, storage_options: dict | None = None):
         self.prefix = prefix
-        self._fs, self._path = _fs_and_path(prefix, storage_options)
+        self._fs, self._path = filesystem(prefix, storage_options)
         self._local = isinstance(self._fs, LocalFileSystem)
         idx_path = f"{self._path}.idx"
         if self._local:

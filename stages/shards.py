@@ -33,19 +33,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from stages import megatron
+from stages.storage import (
+    atomic_write_bytes,
+    exists,
+    filesystem,
+    join,
+    read_bytes,
+    sha256_of,
+)
 
 MANIFEST_NAME = "manifest.json"
 DOC_INDEX_NAME = "documents.parquet"
@@ -180,51 +184,6 @@ def gather(tokens: np.ndarray, lengths: np.ndarray, index: np.ndarray):
 
 
 # -- small atomic files ------------------------------------------------------------------
-def _fs(url: str, storage_options: dict | None):
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}"
-
-
-def atomic_write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write `data` to `url` under a temporary name, then rename it into place."""
-    fs, path = _fs(url, storage_options)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-
-
-def _read_bytes(url: str, storage_options: dict | None = None) -> bytes:
-    fs, path = _fs(url, storage_options)
-    return fs.cat_file(path)
-
-
-def _exists(url: str, storage_options: dict | None = None) -> bool:
-    fs, path = _fs(url, storage_options)
-    return fs.exists(path)
-
-
-def sha256_of(url: str, storage_options: dict | None = None) -> str:
-    fs, path = _fs(url, storage_options)
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
@@ -266,7 +225,7 @@ def write_shard(
     storage_options: dict | None = None,
 ) -> ShardRecord:
     """Write shard `name` under `out_dir` atomically, then its done marker."""
-    prefix = _join(out_dir, name)
+    prefix = join(out_dir, name)
     megatron.remove_stale_temporaries(prefix, storage_options)
     files = megatron.write_shard(
         prefix, tokens, lengths, dtype, vocab_size=vocab_size, storage_options=storage_options
@@ -290,7 +249,7 @@ def _mark_done(out_dir, name, files, stream, attempts, expanded, storage_options
         stochastok_expanded=int(expanded),
     )
     atomic_write_bytes(
-        _join(out_dir, name) + DONE_SUFFIX, _json_bytes(record.to_dict()), storage_options
+        join(out_dir, name) + DONE_SUFFIX, _json_bytes(record.to_dict()), storage_options
     )
     return record
 
@@ -299,11 +258,11 @@ def completed_shard(
     out_dir: str, name: str, storage_options: dict | None = None
 ) -> ShardRecord | None:
     """The record of a finished shard (marker present, files of the recorded sizes), or None."""
-    prefix = _join(out_dir, name)
-    if not _exists(prefix + DONE_SUFFIX, storage_options):
+    prefix = join(out_dir, name)
+    if not exists(prefix + DONE_SUFFIX, storage_options):
         return None
-    record = ShardRecord.from_dict(json.loads(_read_bytes(prefix + DONE_SUFFIX, storage_options)))
-    fs, path = _fs(prefix, storage_options)
+    record = ShardRecord.from_dict(json.loads(read_bytes(prefix + DONE_SUFFIX, storage_options)))
+    fs, path = filesystem(prefix, storage_options)
     for ext, size in ((".bin", record.bin_bytes), (".idx", record.idx_bytes)):
         if not fs.exists(path + ext) or fs.size(path + ext) != size:
             return None
@@ -346,7 +305,7 @@ class InOrderShardWriter:
         name = shard_name(len(self.records), self.stream)
         self._done = completed_shard(self.out_dir, name, self._options)
         if self._done is None:
-            prefix = _join(self.out_dir, name)
+            prefix = join(self.out_dir, name)
             megatron.remove_stale_temporaries(prefix, self._options)
             self._writer = megatron.MegatronWriter(
                 prefix, self.dtype, vocab_size=self._vocab_size, storage_options=self._options
@@ -421,7 +380,7 @@ def write_doc_index(
     """
     names, positions, ids, starts, counts = [], [], [], [], []
     for name, doc_ids in shard_docs:
-        reader = megatron.MegatronReader(_join(out_dir, name), storage_options)
+        reader = megatron.MegatronReader(join(out_dir, name), storage_options)
         lengths = np.asarray(reader.lengths, dtype=np.int64)
         if lengths.size != len(doc_ids):
             raise ValueError(
@@ -445,13 +404,13 @@ def write_doc_index(
     )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    url = _join(out_dir, DOC_INDEX_NAME)
+    url = join(out_dir, DOC_INDEX_NAME)
     atomic_write_bytes(url, sink.getvalue().to_pybytes(), storage_options)
     return url
 
 
 def read_doc_index(out_dir: str, storage_options: dict | None = None) -> pa.Table:
-    return pq.read_table(pa.BufferReader(_read_bytes(_join(out_dir, DOC_INDEX_NAME),
+    return pq.read_table(pa.BufferReader(read_bytes(join(out_dir, DOC_INDEX_NAME),
                                                      storage_options)))
 
 
@@ -516,13 +475,13 @@ def build_manifest(
 
 
 def write_manifest(out_dir: str, manifest: dict, storage_options: dict | None = None) -> str:
-    url = _join(out_dir, MANIFEST_NAME)
+    url = join(out_dir, MANIFEST_NAME)
     atomic_write_bytes(url, _json_bytes(manifest), storage_options)
     return url
 
 
 def read_manifest(out_dir: str, storage_options: dict | None = None) -> dict:
-    return json.loads(_read_bytes(_join(out_dir, MANIFEST_NAME), storage_options))
+    return json.loads(read_bytes(join(out_dir, MANIFEST_NAME), storage_options))
 
 
 def verify_manifest(out_dir: str, storage_options: dict | None = None) -> list[str]:
@@ -533,10 +492,10 @@ def verify_manifest(out_dir: str, storage_options: dict | None = None) -> list[s
     except FileNotFoundError:
         return [f"no {MANIFEST_NAME} in {out_dir}"]
     for rec in map(ShardRecord.from_dict, manifest["shards"]):
-        prefix = _join(out_dir, rec.name)
+        prefix = join(out_dir, rec.name)
         before = len(problems)
         for ext, want in ((".bin", rec.bin_sha256), (".idx", rec.idx_sha256)):
-            if not _exists(prefix + ext, storage_options):
+            if not exists(prefix + ext, storage_options):
                 problems.append(f"{rec.name}{ext}: missing")
                 continue
             got = sha256_of(prefix + ext, storage_options)
@@ -557,7 +516,7 @@ def verify_manifest(out_dir: str, storage_options: dict | None = None) -> list[s
         if reader.dtype.name != np.dtype(rec.dtype).name:
             problems.append(f"{rec.name}: dtype {reader.dtype.name} != manifest {rec.dtype}")
         reader.close()
-    if _exists(_join(out_dir, DOC_INDEX_NAME), storage_options):
+    if exists(join(out_dir, DOC_INDEX_NAME), storage_options):
         index = read_doc_index(out_dir, storage_options)
         per_shard: dict[str, int] = {}
         for name in index.column("shard").to_pylist():
