@@ -50,16 +50,16 @@ from itertools import pairwise
 import fsspec
 import numpy as np
 
-#: Hugging Face's ByteLevel split (tokenizers src/pre_tokenizers/byte_level.rs), GPT-2's regex.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-LLAMA3_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+from stages.pretokenize import preset_pattern, unicode_to_bytes
+
+# The split regexes are the pre-tokenizer's presets (one definition, in stages.pretokenize).
+GPT2_PATTERN = preset_pattern("gpt2")
+LLAMA3_PATTERN = preset_pattern("llama3")
 PATTERNS = {"gpt2": GPT2_PATTERN, "llama3": LLAMA3_PATTERN}
 #: Split regexes whose alternatives match every character (letters, numbers, other
 #: non-space, whitespace), so tiktoken never skips text with them.
 FULL_COVERAGE = frozenset(PATTERNS.values())
+
 
 #: Tried in order when ``eod="auto"``.
 EOD_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "[EOS]")
@@ -67,24 +67,7 @@ EOD_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>"
 ID_DTYPE = np.dtype(np.int32)
 
 
-def byte_level_alphabet() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by byte-level BPE.
-
-    Printable Latin-1 bytes map to themselves; the rest (controls, space, ...) are shifted,
-    in byte order, to code points from 256 up.
-    """
-    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    kept = set(keep)
-    table = {b: chr(b) for b in keep}
-    shift = 0
-    for b in range(256):
-        if b not in kept:
-            table[b] = chr(256 + shift)
-            shift += 1
-    return table
-
-
-_BYTE_OF_CHAR = {ch: b for b, ch in byte_level_alphabet().items()}
+_BYTE_OF_CHAR = unicode_to_bytes()
 
 
 def byte_level_to_bytes(token: str) -> bytes | None:
