@@ -24,7 +24,8 @@ def run_step(cfg: RunConfig, planned: PlannedStep, engine: Engine, finished: dic
         log(f"{step.name}: done already ({planned.url}), skipped")
         return FinishedStep(step.name, planned.version, planned.url, {**io.read_json(success_url), "skipped": True})
     log(f"{step.name}: running -> {planned.url}")
-    ctx = StepContext(cfg=cfg, engine=engine, url=planned.url, inputs={n: finished[n] for n in step.inputs}, progress=cfg.progress)
+    ctx = StepContext(cfg=cfg, engine=engine, url=planned.url, inputs={n: finished[n] for n in step.inputs},
+                      version=planned.version, progress=cfg.progress)
     t0 = time.monotonic()
     payload = step.run(ctx)
     record = {

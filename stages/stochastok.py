@@ -52,6 +52,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _U32 = np.uint64(32)
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
 class StochasTokMode(str, enum.Enum):
@@ -100,30 +101,29 @@ def budget(length: int | np.ndarray, attempts: int | np.ndarray, round_: int = 0
     return np.where(attempts > 0, base << round_, 0)
 
 
-def draw_stream(key: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The raw 64-bit words (slot, choice) of a document's first `count` draws.
+def draw_stream(key: int, count: int) -> np.ndarray:
+    """The 64-bit words of a document's first `count` draws.
 
-    Draw d picks slot `pick(slot, L + d)` and, if it splits, split `pick(choice, n_splits)`.
+    Draw d picks slot `pick(word, L + d)` (high 32 bits) and, if that token splits, split
+    `pick_low(word, n_splits)` (low 32 bits).
     """
-    return _draw_words(np.full(count, key, dtype=np.uint64), np.arange(count, dtype=np.uint64))
+    return _draw_words(_mix(np.full(count, key, dtype=np.uint64)),
+                       np.arange(count, dtype=np.uint64))
 
 
-def _draw_words(keys: np.ndarray, counters: np.ndarray):
-    base = _mix(keys)
-    return _slot_words(base, counters), _choice_words(base, counters)
-
-
-def _slot_words(base: np.ndarray, counters: np.ndarray) -> np.ndarray:
-    return _mix(base + (np.uint64(2) * counters + np.uint64(1)) * _GOLDEN)
-
-
-def _choice_words(base: np.ndarray, counters: np.ndarray) -> np.ndarray:
-    return _mix(base + (np.uint64(2) * counters + np.uint64(2)) * _GOLDEN)
+def _draw_words(base: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    return _mix(base + (counters + np.uint64(1)) * _GOLDEN)
 
 
 def pick(raw: np.ndarray, n) -> np.ndarray:
-    """Index in [0, n) a raw draw word selects (slot or split choice)."""
+    """Index in [0, n) from the high 32 bits of draw words (bias below n / 2**32)."""
     return _uniform_below(np.asarray(raw, dtype=np.uint64), np.asarray(n))
+
+
+def pick_low(raw: np.ndarray, n) -> np.ndarray:
+    """Index in [0, n) from the low 32 bits of draw words."""
+    low = np.asarray(raw, dtype=np.uint64) & _LOW32
+    return ((low * np.asarray(n).astype(np.uint64)) >> _U32).astype(np.int64)
 
 
 # -- split table -------------------------------------------------------------------------
@@ -362,14 +362,13 @@ def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, rou
     start_d = draw_off[doc]
     len_d = lengths[doc]
     local = np.arange(total, dtype=np.int64) - start_d
-    base = _mix(keys)[doc]
-    counter = local.astype(np.uint64)
-    # draw d picks among the slots alive or not yet known dead: [0, L + d)
-    r = pick(_slot_words(base, counter), len_d + local) - len_d
+    words = _draw_words(_mix(keys)[doc], local.astype(np.uint64))
+    # draw d picks among the slots that exist by then: [0, L + d)
+    r = pick(words, len_d + local) - len_d
     # r >= 0: the slot made by this document's draw r; r < 0: original token L + r
     appended = r >= 0
     creator = np.where(appended, start_d + r, -1)
-    gslot = np.where(appended, n_tok + creator, tok_off[doc + 1] + r)
+    gslot = np.where(appended, n_tok + creator, tok_off[1:][doc] + r)
 
     # previous visit to the same slot; only slots seen more than once need the (stable,
     # time-ordered) sort
@@ -384,23 +383,23 @@ def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, rou
     valid = ~appended  # original slots are always alive; made slots are settled below
     succ = np.zeros(total, dtype=bool)
     split = np.full(total, -1, dtype=np.int64)
-    resolved = np.zeros(total, dtype=bool)
+    offsets = table.offsets
 
     def settle(idx: np.ndarray, t: np.ndarray, known_valid: bool = False) -> None:
         # t: the token each draw found (-1 where the draw was rejected)
         n = counts[t] if known_valid else np.where(t >= 0, counts[np.maximum(t, 0)], 0)
         ok = n > 0 if known_valid else valid[idx] & (n > 0)
         succ[idx] = ok
-        sel = idx[ok]  # choice words only for the draws that split something
-        choice = pick(_choice_words(base[sel], counter[sel]), n[ok])
-        split[sel] = table.offsets[t[ok]] + choice
-        resolved[idx] = True
+        sel = idx[ok]
+        split[sel] = offsets[t[ok]] + pick_low(words[sel], n[ok])
 
-    first_orig = np.flatnonzero(valid & (prev < 0))
+    first_mask = valid & (prev < 0)  # first visits to original slots: no dependency
+    first_orig = np.flatnonzero(first_mask)
     t_first = tokens[gslot[first_orig]]
     tok_in[first_orig] = t_first
     settle(first_orig, t_first, known_valid=True)
-    pending = np.flatnonzero(~resolved)
+    resolved = first_mask
+    pending = np.flatnonzero(~first_mask)
     dep = np.where(prev[pending] >= 0, prev[pending], creator[pending])
     while pending.size:
         is_ready = resolved[dep]
@@ -421,6 +420,7 @@ def _expand_round(tokens, lengths, keys, n_att, table: SplitTable, cap: int, rou
         valid[fresh] = made_ok
         tok_in[fresh[made_ok]] = table.right[split[c_[made_ok]]]
         settle(ready, tok_in[ready])
+        resolved[ready] = True
         pending, dep = pending[~is_ready], dep[~is_ready]
 
     # which draws are attempts that happened: the first N accepted, until the cap is hit

@@ -71,8 +71,9 @@ def brute_force_splits(token_bytes) -> dict[int, list[tuple[int, int]]]:
 def sequential_oracle(ids, table, p, key, cap=None):
     """The process spelled out one draw at a time on a Python list, from the same stream.
 
-    Draw d picks slot pick(slot_word, L + d); a slot that is not alive is skipped; the
-    right piece of a split made by draw d lives in slot L + d, inserted after the split one.
+    Draw d picks slot pick(word, L + d) and split pick_low(word, n); a slot that is not
+    alive is skipped; the right piece of a split made by draw d lives in slot L + d,
+    inserted after the split one.
     """
     n_tok = len(ids)
     attempts_due = int(np.floor(n_tok * float(p)))
@@ -81,17 +82,16 @@ def sequential_oracle(ids, table, p, key, cap=None):
     attempts = expanded = 0
     d = 0
     while attempts < attempts_due and (cap is None or expanded < cap):
-        slot_words, choice_words = st.draw_stream(key, d + 256)
-        slot_words, choice_words = slot_words[d:], choice_words[d:]
-        picks = st.pick(slot_words, n_tok + np.arange(d, d + slot_words.size)).tolist()
-        for slot, choice in zip(picks, choice_words):
+        words = st.draw_stream(key, d + 256)[d:]
+        picks = st.pick(words, n_tok + np.arange(d, d + words.size)).tolist()
+        for slot, word in zip(picks, words):
             if attempts == attempts_due or (cap is not None and expanded >= cap):
                 break
             if slot in token:
                 attempts += 1
                 splits = table.splits(token[slot])
                 if splits:
-                    left, right = splits[int(st.pick(np.array([choice]), len(splits))[0])]
+                    left, right = splits[int(st.pick_low(np.array([word]), len(splits))[0])]
                     token[slot] = left
                     token[n_tok + d] = right
                     seq.insert(seq.index(slot) + 1, n_tok + d)

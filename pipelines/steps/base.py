@@ -60,6 +60,7 @@ class StepContext:
     engine: Engine
     url: str
     inputs: dict[str, FinishedStep]
+    version: str = ""
     progress: bool = True
 
     @property

@@ -92,7 +92,7 @@ class WriteShardsStep(Step):
         tokenizer = sh.tokenizer_info(enc.record["tokenizer"], vocab_size=vocab, preset=cfg.tokenizer.train.get("preset") if not cfg.tokenizer.path else None)
         settings = {"eod": cfg.encode.eod, "bos": cfg.encode.bos, "stochastok": cfg.encode.stochastok.model_dump(), **cfg.shards.model_dump(),
                     "target_tokens": target}
-        manifest = sh.build_manifest(records, tokenizer=tokenizer, config_hash=ctx.url.rstrip("/").rsplit("/", 1)[-1], settings=settings)
+        manifest = sh.build_manifest(records, tokenizer=tokenizer, config_hash=ctx.version, settings=settings)
         sh.write_manifest(ctx.url, manifest)
         totals = manifest["totals"]
         return {"counters": {f"{s}:{k}": v for s, t in totals.items() for k, v in t.items()},
