@@ -406,8 +406,9 @@ cdef class WordStore:
                         gflag = 1
                     o_gain.push_back(gflag)
                     inc(it)
-        return (_vec_i32(o_step), _vec_i32(o_left), _vec_i32(o_right), _vec_i64(o_delta),
-                _vec_u8(o_gain))
+        return (_vec[int32_t](o_step, np.int32), _vec[int32_t](o_left, np.int32),
+                _vec[int32_t](o_right, np.int32), _vec[int64_t](o_delta, np.int64),
+                _vec[uint8_t](o_gain, np.uint8))
 
     def settle(self, int n_confirmed):
         """Settle the last batch (at the end of training)."""
@@ -475,27 +476,18 @@ cdef class WordStore:
         return sym, off, cnt
 
 
-cdef object _vec_i32(vector[int32_t]& v):
-    out = np.empty(v.size(), dtype=np.int32)
-    cdef int32_t[::1] o = out
+ctypedef fused vec_item:
+    int32_t
+    int64_t
+    uint8_t
+
+
+cdef object _vec(vector[vec_item]& v, object dtype):
+    """A new numpy array of `dtype` (item size = sizeof(vec_item)) holding a copy of `v`."""
+    out = np.empty(v.size(), dtype=dtype)
+    cdef unsigned char[::1] raw = out.view(np.uint8)
     if v.size():
-        memcpy(&o[0], v.data(), v.size() * sizeof(int32_t))
-    return out
-
-
-cdef object _vec_i64(vector[int64_t]& v):
-    out = np.empty(v.size(), dtype=np.int64)
-    cdef int64_t[::1] o = out
-    if v.size():
-        memcpy(&o[0], v.data(), v.size() * sizeof(int64_t))
-    return out
-
-
-cdef object _vec_u8(vector[uint8_t]& v):
-    out = np.empty(v.size(), dtype=np.uint8)
-    cdef uint8_t[::1] o = out
-    if v.size():
-        memcpy(&o[0], v.data(), v.size())
+        memcpy(&raw[0], v.data(), v.size() * sizeof(vec_item))
     return out
 
 
@@ -625,7 +617,7 @@ cdef class MergeState:
         self.n_stale = 0
 
     def token_lengths(self):
-        return _vec_i32(self.tok_len)
+        return _vec[int32_t](self.tok_len, np.int32)
 
     @property
     def n_vocab(self):
@@ -856,11 +848,11 @@ cdef class MergeState:
                     else:
                         dl.push_back(l[i])
                         dr.push_back(r[i])
-        return _vec_i32(dl), _vec_i32(dr)
+        return _vec[int32_t](dl, np.int32), _vec[int32_t](dr, np.int32)
 
     def merges_array(self):
         """(n, 3) int32: left id, right id, new id, in merge order (duplicates kept)."""
-        return _vec_i32(self.merges).reshape(-1, 3)
+        return _vec[int32_t](self.merges, np.int32).reshape(-1, 3)
 
     def vocab_tokens(self):
         """Token strings in id order."""

@@ -44,10 +44,6 @@ def make_ord(part: int, row: int) -> int:
     return (part << ORD_PART_SHIFT) | row
 
 
-def part_of_ord(ord_: int) -> int:
-    return ord_ >> ORD_PART_SHIFT
-
-
 def dropped_table(docs: pa.Table, mask: list[bool] | pa.Array, step: str, reasons: list[str | None], details: list[str] | None = None) -> pa.Table:
     """The dropped records for the rows of `docs` where `mask` is true."""
     idx = [i for i, m in enumerate(mask if isinstance(mask, list) else mask.to_pylist()) if m]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipelines import io
 from pipelines.config import RunConfig

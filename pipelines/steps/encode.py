@@ -52,7 +52,8 @@ def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer_url
         counters.update(stochastok_tokens=int(st_len.sum()), stochastok_attempts=exp.total_attempts,
                         stochastok_expanded=int(exp.expanded.sum()))
     table = pa.table(cols)
-    return {"counters": dict(counters), "rows_in": len(ids), "parts": [write_part(step_url, "tokens", part, table, compression)]}
+    return {"counters": dict(counters), "rows_in": len(ids), "parts": [write_part(step_url, "tokens", part, table, compression)],
+            "vocab_size": enc.vocab_size, "backend": enc.backend, "backend_reason": enc.backend_reason}
 
 
 def tokenizer_url(cfg: RunConfig, inputs: dict) -> str:
@@ -81,7 +82,7 @@ class EncodeStep(Step):
         args = [dict(in_url=u, part=p, tokenizer_url=tok, eod=c.eod, bos=c.bos, stochastok=st, compression=ctx.compression)
                 for p, u in docs.part_urls()]
         results = run_tasks(ctx, encode_task, "encode", args, "encode")
-        enc = _encoder(tok, c.eod, c.bos)
-        return {"counters": merge_counters(results), "parts": [p for r in results for p in r["parts"]],
-                "tokenizer": tok, "vocab_size": enc.vocab_size, "backend": enc.backend, "backend_reason": enc.backend_reason}
+        first = results[0]  # every task loads the same tokenizer
+        return {"counters": merge_counters(results), "parts": [p for r in results for p in r["parts"]], "tokenizer": tok,
+                "vocab_size": first["vocab_size"], "backend": first["backend"], "backend_reason": first["backend_reason"]}
 

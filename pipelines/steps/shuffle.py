@@ -11,7 +11,6 @@ count, so outputs do not depend on parallelism.
 from __future__ import annotations
 
 import math
-import posixpath
 
 import numpy as np
 import pyarrow as pa

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipelines import io
 from pipelines.config import RunConfig
@@ -80,7 +81,9 @@ class WriteShardsStep(Step):
         args = [dict(in_url=u, part=p, shard=plan.shard[a:b], position=plan.position[a:b], compression=ctx.compression)
                 for (p, u), a, b in zip(parts, bounds[:-1], bounds[1:])]
         run_tasks(ctx, route_task, "route", args, "write_shards: route")
-        schema = io.read_parquet(parts[0][1]).schema.append(pa.field("shard", pa.int64())).append(pa.field("position", pa.int64()))
+        fs, path = io.filesystem(parts[0][1])
+        with fs.open(path, "rb") as f:
+            schema = pq.read_schema(f).append(pa.field("shard", pa.int64())).append(pa.field("position", pa.int64()))
         results = run_tasks(ctx, shard_task, "shard", [dict(streams=streams, vocab_size=vocab, schema=schema)] * plan.num_shards,
                             "write_shards: shards")
         records = [sh.ShardRecord.from_dict(r) for res in results for r in res["records"]]
