@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from stages.storage import atomic_write_bytes, exists, filesystem, join, read_bytes, sha256_of  # noqa: F401  (re-exported)
@@ -52,6 +53,22 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = filesystem(url)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=columns)
+
+
+def write_arrow(url: str, table: pa.Table, compression: str | None = "zstd") -> None:
+    """Write a table atomically as an Arrow IPC file (zstd-compressed buffers by default).
+
+    For scratch files inside a step (shuffles): about 3x faster to write and 2x faster to
+    read than Parquet for token lists, at the same size. Data between steps stays Parquet.
+    """
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, table.schema, options=ipc.IpcWriteOptions(compression=compression)) as writer:
+        writer.write_table(table)
+    atomic_write_bytes(url, sink.getvalue().to_pybytes())
+
+
+def read_arrow(url: str) -> pa.Table:
+    return ipc.open_file(pa.BufferReader(read_bytes(url))).read_all()
 
 
 @dataclass(frozen=True)

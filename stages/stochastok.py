@@ -17,7 +17,15 @@ Expansion with proportion p (the paper's process, DESIGN.md)
     `max_num_to_expand`, attempts stop once that many replacements were made. Every
     replacement keeps the bytes, so the expanded ids decode to exactly the original bytes.
 
-How it is vectorized (same distribution, no per-replacement list work)
+Two backends, identical output (`expand_flat(backend=...)`)
+    "native" (the default) runs the process below one document at a time in compiled code
+    (native/stochastok_expand.pyx): a draw is a few integer operations, a replacement two
+    linked-list stores, the output one walk; O(length + draws), about 3 ns per token at
+    p = 0.1 against about 18 for "numpy", the vectorized form described next. The numpy
+    form needs no compiler and is the cross-check: both are tested against each other and
+    against a sequential oracle, bit for bit.
+
+How the numpy backend is vectorized (same draws, no per-replacement list work)
     Positions are identified with *slots*: slot j < L is the j-th original token, and the
     replacement made by draw d keeps its left piece in the slot it split and puts its right
     piece in the new slot L + d. Draw d picks a slot uniformly in [0, L + d) and is an
@@ -550,6 +558,10 @@ def _expand_docs(tokens, lengths, keys, n_att, table, cap):
     return out, out_len, attempts, expanded
 
 
+#: Expansion backends: the compiled kernel (default) and the vectorized numpy code above.
+BACKENDS = ("native", "numpy")
+
+
 def expand_flat(
     tokens: np.ndarray,
     lengths: np.ndarray,
@@ -558,12 +570,18 @@ def expand_flat(
     p: float,
     *,
     max_num_to_expand: int | None = None,
+    backend: str = "native",
 ) -> Expansion:
     """Expand a batch of documents given flat (`tokens`, `lengths`), one key per document.
 
     `keys` come from `document_keys(run_seed, doc_ids)`. Returns int32 ids. The cap
-    `max_num_to_expand` applies per document, like the reference.
+    `max_num_to_expand` applies per document, like the reference. `backend` "native" runs
+    the process one document at a time in compiled code (native/stochastok_expand.pyx,
+    about 5x faster); "numpy" runs the vectorized code of this module. Both give the same
+    ids and counters, bit for bit (tested against each other and a sequential oracle).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     tokens = np.asarray(tokens)
     lengths = np.asarray(lengths, dtype=np.int64)
     keys = np.asarray(keys, dtype=np.uint64)
@@ -581,6 +599,15 @@ def expand_flat(
         raise ValueError("max_num_to_expand must be >= 0 or None")
     cap = np.iinfo(np.int64).max if max_num_to_expand is None else int(max_num_to_expand)
     n_att = attempts_for(lengths, p)
+    if backend == "native":
+        from native import stochastok_expand
+
+        out, out_len, attempts, expanded = stochastok_expand.expand_flat(
+            np.ascontiguousarray(tokens, dtype=np.int32), lengths, keys, n_att, cap,
+            table.offsets, table.left, table.right)
+        if out is None:
+            raise ValueError("document too long for StochasTok's 32-bit slot draws")
+        return Expansion(out, out_len, attempts, expanded)
     offs = _excl_cumsum(lengths)
     group = offs[:-1] // CHUNK_TOKENS
     cuts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if lengths.size else []
@@ -607,6 +634,7 @@ def expand(
     key: int,
     *,
     max_num_to_expand: int | None = None,
+    backend: str = "native",
 ) -> Expansion:
     """Expand one document (convenience over `expand_flat`)."""
     arr = np.asarray(ids, dtype=np.int64).ravel()
@@ -617,4 +645,5 @@ def expand(
         table,
         p,
         max_num_to_expand=max_num_to_expand,
+        backend=backend,
     )

@@ -38,11 +38,11 @@ def quarantine(run_root: Path) -> pa.Table:
 
 
 def data_checksums(run_root: Path) -> dict[str, str]:
-    """sha256 of every output file of every step: Parquet parts, tokenizer files, shards,
+    """sha256 of every output file of every step: Parquet parts, shuffle scratch (Arrow IPC), tokenizer files, shards,
     doc index, manifest. Left out: task records, _SUCCESS.json and training_stats.json
     (they hold timings), and the manifest's tokenizer path (it names the run root)."""
     out = {}
-    wanted = {".parquet", ".bin", ".idx", ".txt", ".tiktoken"}
+    wanted = {".parquet", ".arrow", ".bin", ".idx", ".txt", ".tiktoken"}
     for name, d in step_dirs(run_root).items():
         for f in sorted(d.rglob("*")):
             rel = f.relative_to(d)

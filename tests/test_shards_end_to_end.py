@@ -82,3 +82,37 @@ def test_shuffle_spreads_sources_across_shards(shards):
     _, _, _, _, index = shards
     first_shard = [r["doc_id"] for r in index if r["shard"] == "tokens-00000"]
     assert len({d.split(":")[0] for d in first_shard}) >= 3  # not just one input file in order
+
+
+def test_expand_mode_in_document_order(make_config, shards):
+    """Mode `expand` with the shuffle off (local engine): only the expanded stream is stored
+    and written, shards hold the documents in the encode step's order, the manifest verifies,
+    and each document decodes to the same text as the reference run's plain stream."""
+    import pyarrow.parquet as pq
+
+    from conftest import tokenmill
+
+    _, ref_manifest, tok, texts, _ = shards
+    stochastok = {**ref_manifest["settings"]["stochastok"], "mode": "expand"}
+    cfg = make_config("expand", engine={"kind": "local"}, encode={"stochastok": stochastok},
+                      shards={"shuffle": False})
+    run_root = cfg.parent / "run-expand"
+    tokenmill("run", str(cfg))
+    steps = summary(run_root)["steps"]
+    encoded = sorted(Path(steps["encode"]["url"]).glob("tokens/part-*.parquet"))
+    names = set()
+    order = []
+    for part in encoded:
+        schema = pq.read_schema(part)
+        names.update(schema.names)
+        order += pq.read_table(part, columns=["id"]).column("id").to_pylist()
+    assert "stochastok" in names and "n_tokens" in names and "tokens" not in names
+    out = Path(steps["write_shards"]["url"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert verify_manifest(str(out)) == []
+    assert {r["stream"] for r in manifest["shards"]} == {"stochastok"}
+    seen = [doc_id for doc_id, ids in _stream(out, manifest, "stochastok")
+            if tok.decode(list(ids[:-1])) == texts[doc_id]]
+    assert seen == order  # every document, exact text, in document order
+    st = manifest["totals"]["stochastok"]
+    assert st["stochastok_expanded"] == ref_manifest["totals"]["stochastok"]["stochastok_expanded"]

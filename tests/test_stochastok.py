@@ -188,19 +188,32 @@ def test_expansion_invariants_on_real_documents(encoder, table, corpus):
     assert abs(rate - p * splittable) < 0.1 * p * splittable, (rate, splittable)
 
 
+@pytest.mark.parametrize("backend", st.BACKENDS)
 @pytest.mark.parametrize("p, cap", [(0.1, None), (0.5, None), (1.0, None), (2.5, None),
                                     (0.3, 4), (1.0, 0), (0.02, None)])
-def test_vectorized_equals_sequential_oracle(encoder, table, corpus, p, cap):
+def test_expansion_equals_sequential_oracle(encoder, table, corpus, p, cap, backend):
     tokens, lengths, keys = corpus
     docs = [d[:400] for d in docs_of(tokens, lengths)[:25]]  # the oracle is quadratic
     ex = st.expand_flat(np.concatenate(docs), np.array([d.size for d in docs]), keys[:25],
-                        table, p, max_num_to_expand=cap)
+                        table, p, max_num_to_expand=cap, backend=backend)
     for i, (orig, new) in enumerate(zip(docs, docs_of(ex.tokens, ex.lengths))):
         want, attempts, expanded = sequential_oracle(orig.tolist(), table, p, int(keys[i]), cap)
         assert new.tolist() == want
         assert (ex.attempts[i], ex.expanded[i]) == (attempts, expanded)
     if cap is not None:
         assert (ex.expanded <= cap).all()
+
+
+@pytest.mark.parametrize("p, cap", [(0.1, None), (1.0, None), (0.3, 3)])
+def test_native_and_numpy_backends_agree_on_real_documents(table, corpus, p, cap):
+    tokens, lengths, keys = corpus
+    native = st.expand_flat(tokens, lengths, keys, table, p, max_num_to_expand=cap)
+    vectorized = st.expand_flat(tokens, lengths, keys, table, p, max_num_to_expand=cap,
+                                backend="numpy")
+    assert native.tokens.dtype == vectorized.tokens.dtype == np.int32
+    for field in ("tokens", "lengths", "attempts", "expanded"):
+        assert np.array_equal(getattr(native, field), getattr(vectorized, field)), field
+    assert native.total_expanded > 0
 
 
 def test_distribution_matches_the_reference_process(encoder, table, corpus):
@@ -217,10 +230,11 @@ def test_distribution_matches_the_reference_process(encoder, table, corpus):
     assert abs(mean_ours - mean_ref) < 4 * se, (mean_ours, mean_ref, se)
 
 
-def test_same_seed_same_output_whatever_the_batching(table, corpus, monkeypatch):
+@pytest.mark.parametrize("backend", st.BACKENDS)
+def test_same_seed_same_output_whatever_the_batching(table, corpus, monkeypatch, backend):
     tokens, lengths, keys = corpus
-    whole = st.expand_flat(tokens, lengths, keys, table, 0.1)
-    # documents in reverse order, in two "workers", with tiny internal chunks
+    whole = st.expand_flat(tokens, lengths, keys, table, 0.1, backend=backend)
+    # documents in reverse order, in two "workers", with tiny internal chunks (numpy)
     monkeypatch.setattr(st, "CHUNK_TOKENS", 1000)
     docs = docs_of(tokens, lengths)
     half = len(docs) // 2
@@ -228,7 +242,7 @@ def test_same_seed_same_output_whatever_the_batching(table, corpus, monkeypatch)
     for part in (range(half - 1, -1, -1), range(len(docs) - 1, half - 1, -1)):
         idx = list(part)
         ex = st.expand_flat(np.concatenate([docs[i] for i in idx]), lengths[idx], keys[idx],
-                            table, 0.1)
+                            table, 0.1, backend=backend)
         outs.update(zip(idx, docs_of(ex.tokens, ex.lengths)))
     joined = np.concatenate([outs[i] for i in range(len(docs))])
     assert np.array_equal(joined, whole.tokens)
@@ -270,6 +284,8 @@ def test_bad_inputs_are_refused(table):
         st.expand([1, 2], table, -0.1, 1)
     with pytest.raises(ValueError, match="max_num_to_expand"):
         st.expand([1, 2], table, 0.1, 1, max_num_to_expand=-1)
+    with pytest.raises(ValueError, match="backend"):
+        st.expand([1, 2], table, 0.1, 1, backend="cuda")
     empty = st.expand_flat(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.uint64),
                            table, 0.1)
     assert empty.tokens.size == 0 and empty.lengths.size == 0
@@ -308,6 +324,10 @@ def test_property_random_vocabularies(case):
     tokens = np.array([t for d in docs for t in d], dtype=np.int64)
     keys = st.document_keys(seed, range(len(docs)))
     ex = st.expand_flat(tokens, lengths, keys, table, p, max_num_to_expand=cap)
+    vectorized = st.expand_flat(tokens, lengths, keys, table, p, max_num_to_expand=cap,
+                                backend="numpy")
+    assert np.array_equal(ex.tokens, vectorized.tokens)
+    assert np.array_equal(ex.expanded, vectorized.expanded)
     for i, (orig, new) in enumerate(zip(docs, docs_of(ex.tokens, ex.lengths))):
         want, attempts, expanded = sequential_oracle(orig, table, p, int(keys[i]), cap)
         assert new.tolist() == want

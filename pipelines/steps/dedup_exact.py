@@ -63,6 +63,7 @@ class ExactFilter:
 
 class DedupExactStep(Step):
     name = "dedup_exact"
+    code_version = 2  # 2: shuffle scratch is Arrow IPC
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.dedup_exact.enabled

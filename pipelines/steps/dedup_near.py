@@ -151,6 +151,7 @@ class NearFilter:
 
 class DedupNearStep(Step):
     name = "dedup_near"
+    code_version = 2  # 2: shuffle scratch is Arrow IPC
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.dedup_near.enabled

@@ -3,6 +3,8 @@
 One task per document part; part p in -> tokens/part-p.parquet out, with columns
 `id`, `tokens` (list<int32>, framed), `n_tokens`, and with StochasTok on also
 `stochastok` (the expanded, framed ids), `n_stochastok`, `st_attempts`, `st_expanded`.
+In mode `expand` only the expanded stream is written: `tokens` is left out (its length
+`n_tokens` stays), since no shard is made from it.
 The encoder (tiktoken where exact, else Hugging Face; stages.encode) and the split table
 are built once per worker process.
 """
@@ -41,7 +43,10 @@ def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer_url
     tokens, lengths = enc.encode_flat(docs.column("text").to_pylist(), frame=False)
     fell_back = enc.stats.hf_documents - before.hf_documents
     framed, framed_len = enc.frame(tokens, lengths)
-    cols = {"id": docs.column("id"), "tokens": ids_to_arrow(framed, framed_len), "n_tokens": pa.array(framed_len, pa.int64())}
+    cols = {"id": docs.column("id")}
+    if stochastok["mode"] != "expand":
+        cols["tokens"] = ids_to_arrow(framed, framed_len)
+    cols["n_tokens"] = pa.array(framed_len, pa.int64())
     counters = Counter(documents=len(ids), tokens=int(framed_len.sum()), hf_fallback_documents=int(fell_back))
     if stochastok["mode"] != "off":
         exp = expand_flat(tokens, lengths, document_keys(stochastok["seed"], ids), _split_table(tokenizer_url, eod, bos),
@@ -64,6 +69,7 @@ def tokenizer_url(cfg: RunConfig, inputs: dict) -> str:
 
 class EncodeStep(Step):
     name = "encode"
+    code_version = 2  # 2: mode expand leaves out the plain `tokens` column
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.encode.enabled

@@ -1,8 +1,12 @@
 """File-based shuffles between task phases, engine-neutral and resumable.
 
-Map tasks route rows to buckets: `<step>/<name>/bucket-B/part-P.parquet` (only non-empty
+Map tasks route rows to buckets: `<step>/<name>/bucket-B/part-P.arrow` (only non-empty
 buckets are written). A reduce task reads one bucket directory. Results addressed to the
-document parts they concern go to `<step>/<name>/part-P/bucket-B.parquet`.
+document parts they concern go to `<step>/<name>/part-P/from-W.arrow`.
+
+These files are scratch inside a step, written once and read once, so they are Arrow IPC
+files (zstd-compressed buffers; uncompressed when output.compression is none): writing
+token lists that way costs a third of Parquet's time at the same size.
 
 Bucket counts come from the data (rows / rows_per_bucket), never from the worker
 count, so outputs do not depend on parallelism.
@@ -25,6 +29,7 @@ def num_buckets(rows: int, rows_per_bucket: int) -> int:
 
 
 def _write_groups(base: str, outer: str, inner: str, table: pa.Table, keys: np.ndarray, compression: str) -> int:
+    codec = None if compression == "none" else "zstd"
     written = 0
     if table.num_rows == 0:
         return 0
@@ -35,30 +40,30 @@ def _write_groups(base: str, outer: str, inner: str, table: pa.Table, keys: np.n
     ends = np.r_[starts[1:], len(keys_sorted)]
     for s, e in zip(starts, ends):
         url = io.join(base, f"{outer}-{int(keys_sorted[s]):05d}", inner)
-        io.write_parquet(url, table.slice(s, e - s), compression)
+        io.write_arrow(url, table.slice(s, e - s), codec)
         written += 1
     return written
 
 
 def write_buckets(step_url: str, name: str, part: int, table: pa.Table, buckets: np.ndarray, compression: str) -> int:
-    return _write_groups(io.join(step_url, name), "bucket", f"part-{part:05d}.parquet", table, buckets, compression)
+    return _write_groups(io.join(step_url, name), "bucket", f"part-{part:05d}.arrow", table, buckets, compression)
 
 
 def write_by_part(step_url: str, name: str, writer: int, table: pa.Table, compression: str, column: str = "ord") -> int:
     """Route rows to the document part their `column` (an ord) belongs to; `writer` names
     the file so that every task of a phase writes its own."""
     parts = (table.column(column).to_numpy() >> ORD_PART_SHIFT) if table.num_rows else np.zeros(0, np.int64)
-    return _write_groups(io.join(step_url, name), "part", f"from-{writer:05d}.parquet", table, parts, compression)
+    return _write_groups(io.join(step_url, name), "part", f"from-{writer:05d}.arrow", table, parts, compression)
 
 
 def read_dir(url: str, schema: pa.Schema | None = None) -> pa.Table | None:
-    """Every Parquet file of a directory (in name order), concatenated. With `schema`, cast
+    """Every scratch file of a directory (in name order), concatenated. With `schema`, cast
     to it (an absent or empty directory gives an empty table); without, as stored (None
     when there is nothing)."""
     fs, path = io.filesystem(url)
-    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet")) if fs.exists(path) else []
+    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".arrow")) if fs.exists(path) else []
     proto = io.protocol_of(url)
-    tables = [io.read_parquet(p if proto == "file" else f"{proto}://{p}") for p in files]
+    tables = [io.read_arrow(p if proto == "file" else f"{proto}://{p}") for p in files]
     if schema is None:
         return pa.concat_tables(tables) if tables else None
     return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()

@@ -33,8 +33,15 @@ def streams_of(mode: str) -> list[str]:
     return {"off": [sh.PLAIN_STREAM], "expand": [sh.STOCHASTOK_STREAM], "both": [sh.PLAIN_STREAM, sh.STOCHASTOK_STREAM]}[mode]
 
 
-def route_task(step_url: str, index: int, in_url: str, part: int, shard: np.ndarray, position: np.ndarray, compression: str) -> dict:
-    table = io.read_parquet(in_url)
+def routed_columns(streams: list[str]) -> list[str]:
+    """The encoded columns a shard needs: ids, its streams, and the StochasTok counters."""
+    cols = ["id"] + [STREAM_COLUMNS[s] for s in streams]
+    return cols + (["st_attempts", "st_expanded"] if sh.STOCHASTOK_STREAM in streams else [])
+
+
+def route_task(step_url: str, index: int, in_url: str, part: int, shard: np.ndarray, position: np.ndarray, columns: list[str],
+               compression: str) -> dict:
+    table = io.read_parquet(in_url, columns=columns)
     table = table.append_column("shard", pa.array(shard, pa.int64())).append_column("position", pa.array(position, pa.int64()))
     shuffle.write_buckets(step_url, "route", part, table, shard, compression)
     return {"rows_in": table.num_rows}
@@ -42,7 +49,9 @@ def route_task(step_url: str, index: int, in_url: str, part: int, shard: np.ndar
 
 def shard_task(step_url: str, index: int, streams: list[str], vocab_size: int, schema: pa.Schema) -> dict:
     rows = shuffle.read_bucket(step_url, "route", index, schema)
-    rows = rows.take(pc.sort_indices(rows, sort_keys=[("position", "ascending")]))
+    position = rows.column("position").to_numpy()
+    if (np.diff(position) < 0).any():  # in document order already unless shuffled
+        rows = rows.take(pa.array(np.argsort(position, kind="stable")))
     dtype = dtype_for_vocab(vocab_size)
     records = []
     for stream in streams:
@@ -57,6 +66,7 @@ def shard_task(step_url: str, index: int, streams: list[str], vocab_size: int, s
 
 class WriteShardsStep(Step):
     name = "write_shards"
+    code_version = 2  # 2: shuffle scratch is Arrow IPC, routes only the columns shards need
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.encode.enabled
@@ -78,12 +88,15 @@ class WriteShardsStep(Step):
         plan = sh.plan_shards(sizes, target=target, doc_ids=ids if cfg.shards.shuffle else None,
                               shuffle_seed=cfg.shards.seed if cfg.shards.shuffle else None)
         bounds = np.cumsum([0] + [m.num_rows for m in meta])
-        args = [dict(in_url=u, part=p, shard=plan.shard[a:b], position=plan.position[a:b], compression=ctx.compression)
+        columns = routed_columns(streams)
+        args = [dict(in_url=u, part=p, shard=plan.shard[a:b], position=plan.position[a:b], columns=columns,
+                     compression=ctx.compression)
                 for (p, u), a, b in zip(parts, bounds[:-1], bounds[1:])]
         run_tasks(ctx, route_task, "route", args, "write_shards: route")
         fs, path = io.filesystem(parts[0][1])
         with fs.open(path, "rb") as f:
-            schema = pq.read_schema(f).append(pa.field("shard", pa.int64())).append(pa.field("position", pa.int64()))
+            stored = pq.read_schema(f)
+        schema = pa.schema([stored.field(c) for c in columns] + [pa.field("shard", pa.int64()), pa.field("position", pa.int64())])
         results = run_tasks(ctx, shard_task, "shard", [dict(streams=streams, vocab_size=vocab, schema=schema)] * plan.num_shards,
                             "write_shards: shards")
         records = [sh.ShardRecord.from_dict(r) for res in results for r in res["records"]]
