@@ -595,13 +595,17 @@ class Encoder:
     def encode(self, text: str, *, frame: bool = True) -> np.ndarray:
         return self.encode_batch([text], frame=frame)[0]
 
+    def framed_lengths(self, lengths: np.ndarray) -> np.ndarray:
+        """Document lengths once `frame` has added bos/eod."""
+        extra = (self.bos_id is not None) + (self.eod_id is not None)
+        return np.asarray(lengths, dtype=np.int64) + extra
+
     def frame(self, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Insert `bos` before and `eod` after every document of a flat token array."""
         lengths = np.asarray(lengths, dtype=np.int64)
-        extra = (self.bos_id is not None) + (self.eod_id is not None)
-        if not extra:
+        if self.bos_id is None and self.eod_id is None:
             return tokens, lengths
-        new_lengths = lengths + extra
+        new_lengths = self.framed_lengths(lengths)
         new_offsets = flat_offsets(new_lengths)
         out = np.empty(int(new_offsets[-1]), dtype=ID_DTYPE)
         keep = np.ones(out.size, dtype=bool)  # a mask copy is far cheaper than index math

@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines import io
 from pipelines.config import RunConfig
@@ -34,30 +36,63 @@ def _split_table(tokenizer_url: str, eod, bos) -> SplitTable:
     return SplitTable.build(_encoder(tokenizer_url, eod, bos).token_bytes)
 
 
-def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer_url: str, eod, bos,
-                stochastok: dict, compression: str) -> dict:
-    docs = io.read_parquet(in_url, columns=["id", "text"])
-    ids = docs.column("id").to_pylist()
-    enc = _encoder(tokenizer_url, eod, bos)
-    before = enc.stats
-    tokens, lengths = enc.encode_flat(docs.column("text").to_pylist(), frame=False)
-    fell_back = enc.stats.hf_documents - before.hf_documents
-    framed, framed_len = enc.frame(tokens, lengths)
-    cols = {"id": docs.column("id")}
-    if stochastok["mode"] != "expand":
+#: Text per batch inside a task. Bounds a task's memory whatever the part size, and keeps
+#: the id arrays (~4 bytes per text byte at most) below glibc's 32 MB mmap threshold: larger
+#: arrays get fresh pages on every allocation, which cost about as much to fault in as the
+#: StochasTok expansion itself.
+ENCODE_BATCH_BYTES = 4 << 20
+
+
+def _batches(text_bytes: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Contiguous document ranges of about `limit` text bytes (at least one document each;
+    one empty range for no documents, so the output keeps its columns)."""
+    ends = np.cumsum(text_bytes)
+    bounds, start = [] if len(text_bytes) else [(0, 0)], 0
+    while start < len(text_bytes):
+        base = ends[start - 1] if start else 0
+        stop = max(int(np.searchsorted(ends, base + limit, side="right")), start + 1)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _encode_batch(enc: Encoder, texts: list[str], ids: list, stochastok: dict, table: SplitTable | None,
+                  counters: Counter) -> dict[str, pa.Array]:
+    tokens, lengths = enc.encode_flat(texts, frame=False)
+    cols = {}
+    if stochastok["mode"] == "expand":  # no plain shards: only their lengths are kept
+        framed_len = enc.framed_lengths(lengths)
+    else:
+        framed, framed_len = enc.frame(tokens, lengths)
         cols["tokens"] = ids_to_arrow(framed, framed_len)
     cols["n_tokens"] = pa.array(framed_len, pa.int64())
-    counters = Counter(documents=len(ids), tokens=int(framed_len.sum()), hf_fallback_documents=int(fell_back))
-    if stochastok["mode"] != "off":
-        exp = expand_flat(tokens, lengths, document_keys(stochastok["seed"], ids), _split_table(tokenizer_url, eod, bos),
-                          stochastok["p"], max_num_to_expand=stochastok["max_num_to_expand"])
+    counters.update(tokens=int(framed_len.sum()))
+    if table is not None:
+        exp = expand_flat(tokens, lengths, document_keys(stochastok["seed"], ids), table, stochastok["p"],
+                          max_num_to_expand=stochastok["max_num_to_expand"])
         st, st_len = enc.frame(exp.tokens, exp.lengths)
         cols.update(stochastok=ids_to_arrow(st, st_len), n_stochastok=pa.array(st_len, pa.int64()),
                     st_attempts=pa.array(exp.attempts, pa.int64()), st_expanded=pa.array(exp.expanded, pa.int64()))
         counters.update(stochastok_tokens=int(st_len.sum()), stochastok_attempts=exp.total_attempts,
-                        stochastok_expanded=int(exp.expanded.sum()))
-    table = pa.table(cols)
-    return {"counters": dict(counters), "rows_in": len(ids), "parts": [write_part(step_url, "tokens", part, table, compression)],
+                        stochastok_expanded=exp.total_expanded)
+    return cols
+
+
+def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer_url: str, eod, bos,
+                stochastok: dict, compression: str) -> dict:
+    docs = io.read_parquet(in_url, columns=["id", "text"])
+    ids = docs.column("id").to_pylist()
+    texts = docs.column("text")
+    enc = _encoder(tokenizer_url, eod, bos)
+    table = _split_table(tokenizer_url, eod, bos) if stochastok["mode"] != "off" else None
+    before = enc.stats
+    counters = Counter(documents=len(ids))
+    text_bytes = pc.binary_length(texts).to_numpy(zero_copy_only=False)
+    batches = [_encode_batch(enc, texts.slice(a, b - a).to_pylist(), ids[a:b], stochastok, table, counters)
+               for a, b in _batches(text_bytes, ENCODE_BATCH_BYTES)]
+    counters.update(hf_fallback_documents=enc.stats.hf_documents - before.hf_documents)
+    out = pa.table({"id": docs.column("id"), **{name: pa.chunked_array([b[name] for b in batches]) for name in batches[0]}})
+    return {"counters": dict(counters), "rows_in": len(ids), "parts": [write_part(step_url, "tokens", part, out, compression)],
             "vocab_size": enc.vocab_size, "backend": enc.backend, "backend_reason": enc.backend_reason}
 
 
