@@ -298,7 +298,9 @@ def main(argv: list[str]) -> int:
              "its cost is mostly the ~7% more tokens it makes, which are written and routed."),
             ("- The pipeline's write_shards routes documents to their shards through Arrow IPC "
              "scratch files (the seeded global shuffle of configs/laptop.yaml) and reads back "
-             "only the columns the shards need."),
+             "only the columns the shards need. The encode step works in 4 MB batches of "
+             "text inside a task, so no id array is large enough for glibc to hand it fresh "
+             "pages (faulting those in cost as much as the expansion)."),
         ]
         report = "\n".join(lines)
         print("\n" + report)
