@@ -13,13 +13,18 @@ $(BIN)/tokenmill: pyproject.toml setup.py $(wildcard native/*.pyx)
 
 setup: $(BIN)/tokenmill
 
+# The test suite also checks our shards with Megatron-LM's own reader (megatron-core + torch).
+$(VENV)/.megatron: $(BIN)/tokenmill
+	$(BIN)/pip install --quiet -e ".[test,megatron]"
+	touch $@
+
 ## make demo: set up, then run the whole pipeline on the bundled sample.
 demo: setup
 	$(BIN)/tokenmill run configs/laptop.yaml
 
 ## make test: set up, then run the whole test suite (what CI runs).
-test: setup
-	$(BIN)/python -m pytest -q --durations=15
+test: setup $(VENV)/.megatron
+	TOKENMILL_REQUIRE_MEGATRON=1 $(BIN)/python -m pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/bench_clean.py
