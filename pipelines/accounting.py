@@ -52,10 +52,22 @@ def summarize(finished: list[FinishedStep], doc_steps: list[str]) -> dict:
     shards = None
     if "write_shards" in by_name:
         ws = by_name["write_shards"]
-        totals = io.read_json(io.join(ws.url, ws.record["manifest"]))["totals"]
+        manifest = io.read_json(io.join(ws.url, ws.record["manifest"]))
+        totals = manifest["totals"]
         per_stream = {s: t["documents"] for s, t in totals.items()}
         holds = holds and all(n == kept for n in per_stream.values())
         shards = {"manifest": io.join(ws.url, ws.record["manifest"]), "totals": totals}
+        ec = by_name["encode"].record["counters"] if "encode" in by_name else {}
+        if ec.get("stochastok_input_tokens"):
+            # realized rate: replacements per token of the plain documents (framing excluded);
+            # below p by about the share of picks that land on tokens without a split
+            shards["stochastok"] = {
+                "p": manifest["settings"].get("stochastok", {}).get("p"),
+                "attempts": ec["stochastok_attempts"],
+                "replacements": ec["stochastok_expanded"],
+                "input_tokens": ec["stochastok_input_tokens"],
+                "realized_rate": round(ec["stochastok_expanded"] / ec["stochastok_input_tokens"], 6),
+            }
     return {
         "records_read": records,
         "bytes_read": int(rc.get("bytes", 0)),
@@ -95,5 +107,9 @@ def format_table(summary: dict) -> str:
     if summary.get("shards"):
         for stream, t in summary["shards"]["totals"].items():
             lines.append(f"  shards ({stream}): {t['shards']} shards, {t['documents']:,} documents, {t['tokens']:,} tokens")
+        st = summary["shards"].get("stochastok")
+        if st:
+            lines.append(f"  stochastok: p = {st['p']}, {st['attempts']:,} attempts, {st['replacements']:,} replacements "
+                         f"over {st['input_tokens']:,} tokens: realized rate {st['realized_rate']:.4f}")
         lines.append(f"  manifest: {summary['shards']['manifest']}")
     return "\n".join(lines)

@@ -78,6 +78,23 @@ def test_stochastok_stream_decodes_to_the_same_bytes(shards):
     assert 0 < st["stochastok_expanded"] <= st["stochastok_attempts"]
 
 
+def test_run_reports_attempts_and_the_realized_rate(reference_run, shards):
+    run_root, _, _, proc = reference_run
+    _, manifest, _, texts, _ = shards
+    reported = summary(run_root)["shards"]["stochastok"]
+    plain, expanded = manifest["totals"]["tokens"], manifest["totals"]["stochastok"]
+    content = plain["tokens"] - plain["documents"]  # without the EOD of every document
+    assert reported["input_tokens"] == content
+    assert reported["replacements"] == expanded["stochastok_expanded"] == expanded["tokens"] - plain["tokens"]
+    assert reported["attempts"] == expanded["stochastok_attempts"]
+    assert reported["p"] == 0.1 and reported["realized_rate"] == round(reported["replacements"] / content, 6)
+    assert 0 < reported["realized_rate"] < 0.1
+    # attempts = sum of floor(L * p) over documents, L = plain length without EOD
+    lengths = [r["tokens"] - 1 for r in read_doc_index(str(shards[0])).to_pylist() if r["shard"].startswith("tokens")]
+    assert reported["attempts"] == sum(int(n * 0.1) for n in lengths)
+    assert f"realized rate {reported['realized_rate']:.4f}" in proc.stdout + proc.stderr
+
+
 def test_shuffle_spreads_sources_across_shards(shards):
     _, _, _, _, index = shards
     first_shard = [r["doc_id"] for r in index if r["shard"] == "tokens-00000"]

@@ -73,8 +73,8 @@ def _encode_batch(enc: Encoder, texts: list[str], ids: list, stochastok: dict, t
         st, st_len = enc.frame(exp.tokens, exp.lengths)
         cols.update(stochastok=ids_to_arrow(st, st_len), n_stochastok=pa.array(st_len, pa.int64()),
                     st_attempts=pa.array(exp.attempts, pa.int64()), st_expanded=pa.array(exp.expanded, pa.int64()))
-        counters.update(stochastok_tokens=int(st_len.sum()), stochastok_attempts=exp.total_attempts,
-                        stochastok_expanded=exp.total_expanded)
+        counters.update(stochastok_tokens=int(st_len.sum()), stochastok_input_tokens=int(lengths.sum()),
+                        stochastok_attempts=exp.total_attempts, stochastok_expanded=exp.total_expanded)
     return cols
 
 
