@@ -99,7 +99,11 @@ class DedupNearConfig(Section):
 
 class TokenizerConfig(Section):
     enabled: bool = True
-    path: str | None = Field(None, description="an existing tokenizer.json to use instead of training one")
+    path: str | None = Field(None, description="an existing tokenizer.json, or a tiktoken ranks file (any name not ending "
+                                               "in .json), to use instead of training one")
+    pattern: str | None = Field(None, description="split regex of a tiktoken ranks file: gpt2 | llama3 | o200k or a regex")
+    special_tokens: dict[str, int] = Field(default_factory=dict,
+                                           description="special tokens of a tiktoken ranks file, text -> id")
     train: dict[str, Any] = Field(default_factory=lambda: {"vocab_size": 8192, "preset": "gpt2", "special_tokens": ["<|endoftext|>"]},
                                   description="train-bpe settings (docs/bpe.md): vocab_size, preset, digits, special_tokens, ...")
 
@@ -200,6 +204,37 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
     return parse_config(apply_overrides(raw, overrides or []), check_inputs=check_inputs)
 
 
+def _check_tokenizer(cfg: RunConfig) -> None:
+    """A given tokenizer file, its split pattern and the framing tokens, before any work."""
+    import regex
+
+    from stages.encode import EOD_CANDIDATES, PATTERNS, is_tiktoken_ranks
+
+    tiktoken_ranks = cfg.tokenizer.path is not None and is_tiktoken_ranks(cfg.tokenizer.path)
+    if (cfg.tokenizer.pattern is not None or cfg.tokenizer.special_tokens) and not tiktoken_ranks:
+        raise ConfigError("tokenizer.pattern and tokenizer.special_tokens are for a tiktoken ranks file in tokenizer.path; "
+                          "a tokenizer.json carries its own, and training uses tokenizer.train")
+    if tiktoken_ranks:
+        pattern = cfg.tokenizer.pattern
+        if not pattern:
+            raise ConfigError(f"tokenizer.path {cfg.tokenizer.path} is a tiktoken ranks file (its name does not end in .json): "
+                              f"set tokenizer.pattern to its split regex ({' | '.join(PATTERNS)} or a regex)")
+        try:
+            regex.compile(PATTERNS.get(pattern, pattern))
+        except regex.error as e:
+            raise ConfigError(f"tokenizer.pattern does not compile: {e}") from None
+    if cfg.encode.enabled and (cfg.tokenizer.path is None or tiktoken_ranks):
+        specials = list(cfg.tokenizer.special_tokens if tiktoken_ranks else cfg.tokenizer.train.get("special_tokens") or [])
+        where = "tokenizer.special_tokens" if tiktoken_ranks else "tokenizer.train.special_tokens"
+        eod = cfg.encode.eod
+        if eod == "auto" and not any(t in specials for t in EOD_CANDIDATES):
+            raise ConfigError(f"encode.eod is auto but {where} has no end-of-text token ({', '.join(EOD_CANDIDATES)}); "
+                              "add one, give encode.eod as a token or an id, or set encode.eod: null")
+        for key, tok in (("eod", eod), ("bos", cfg.encode.bos)):
+            if isinstance(tok, str) and tok != "auto" and tok not in specials:
+                raise ConfigError(f"encode.{key}={tok!r} is not among {where} {specials}")
+
+
 def parse_config(raw: dict[str, Any], check_inputs: bool = True) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(raw)
@@ -214,15 +249,7 @@ def parse_config(raw: dict[str, Any], check_inputs: bool = True) -> RunConfig:
             raise ConfigError(f"dedup_near: {e}") from None
     if cfg.encode.enabled and not cfg.tokenizer.enabled:
         raise ConfigError("encode.enabled needs a tokenizer: set tokenizer.enabled: true (and tokenizer.path to use an existing one)")
-    if cfg.encode.enabled and cfg.tokenizer.path is None:
-        specials = list(cfg.tokenizer.train.get("special_tokens") or [])
-        eod = cfg.encode.eod
-        if eod == "auto" and not specials:
-            raise ConfigError("encode.eod is auto but tokenizer.train.special_tokens is empty; add \"<|endoftext|>\" "
-                              "to the special tokens, or set encode.eod: null")
-        for key, tok in (("eod", eod), ("bos", cfg.encode.bos)):
-            if isinstance(tok, str) and tok != "auto" and tok not in specials:
-                raise ConfigError(f"encode.{key}={tok!r} is not among tokenizer.train.special_tokens {specials}")
+    _check_tokenizer(cfg)
     urls = [cfg.run_root, *cfg.input.paths]
     if cfg.engine.kind == "ray" and any(u.startswith("memory://") for u in urls):
         raise ConfigError("memory:// lives inside one process and Ray workers cannot see it; "
@@ -237,6 +264,12 @@ def parse_config(raw: dict[str, Any], check_inputs: bool = True) -> RunConfig:
         except ImportError as e:
             raise ConfigError(f"input.paths: the filesystem for this URL is not installed ({e}); "
                               "install the extra, e.g. pip install 'tokenmill[s3]'") from None
+        if cfg.tokenizer.enabled and cfg.tokenizer.path:
+            from pipelines.io import exists
+
+            if not exists(cfg.tokenizer.path):
+                raise ConfigError(f"tokenizer.path: {cfg.tokenizer.path} does not exist; give an existing tokenizer.json "
+                                  "or tiktoken ranks file, or null to train one")
     return cfg
 
 

@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prefix", help="shard prefix (no extension) or a shard directory")
     parser.add_argument("--tokenizer", help="tokenizer.json used to decode (default: manifest)")
+    parser.add_argument("--pattern", help="split pattern, when --tokenizer is a tiktoken ranks file (default: manifest)")
     parser.add_argument("--docs", type=int, default=3, help="documents to decode (default 3)")
     parser.add_argument("--doc", type=int, action="append", default=[],
                         help="decode this document index (repeatable)")
@@ -141,9 +142,14 @@ def main(argv: list[str]) -> int:
     if not wanted:
         return 0
 
-    from stages.encode import Encoder  # only when decoding: builds a tokenizer
+    from stages.encode import Encoder, is_tiktoken_ranks  # only when decoding: builds a tokenizer
 
-    encoder = Encoder.from_tokenizer_json(tok_path, eod=None)
+    recorded = (manifest or {}).get("tokenizer", {})
+    if is_tiktoken_ranks(tok_path):  # decoding needs only the ranks, but the encoder wants a pattern
+        encoder = Encoder.from_file(tok_path, pattern=args.pattern or recorded.get("pattern") or "gpt2",
+                                    special_tokens=recorded.get("special_tokens") or None, eod=None)
+    else:
+        encoder = Encoder.from_file(tok_path, eod=None)
     first = readers[0]
     ids_of = _doc_ids(base, PurePosixPath(prefixes[0]).name)
     for i in wanted:

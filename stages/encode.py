@@ -55,10 +55,16 @@ from stages.pretokenize import preset_pattern, unicode_to_bytes
 # The split regexes are the pre-tokenizer's presets (one definition, in stages.pretokenize).
 GPT2_PATTERN = preset_pattern("gpt2")
 LLAMA3_PATTERN = preset_pattern("llama3")
-PATTERNS = {"gpt2": GPT2_PATTERN, "llama3": LLAMA3_PATTERN}
+PATTERNS = {"gpt2": GPT2_PATTERN, "llama3": LLAMA3_PATTERN, "o200k": preset_pattern("o200k")}
 #: Split regexes whose alternatives match every character (letters, numbers, other
 #: non-space, whitespace), so tiktoken never skips text with them.
 FULL_COVERAGE = frozenset(PATTERNS.values())
+
+
+def is_tiktoken_ranks(path: str) -> bool:
+    """Tokenizer files are told apart by name: `*.json` is a Hugging Face tokenizer.json,
+    anything else (e.g. `cl100k_base.tiktoken`) a tiktoken ranks file."""
+    return not str(path).lower().endswith(".json")
 
 
 #: Tried in order when ``eod="auto"``.
@@ -386,6 +392,33 @@ class Encoder:
             check_coverage=isinstance(plan, _TiktokenPlan) and plan.pattern not in FULL_COVERAGE,
             **kwargs,
         )
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str,
+        *,
+        pattern: str | None = None,
+        special_tokens: dict[str, int] | None = None,
+        eod="auto",
+        bos=None,
+        threads: int | None = None,
+        storage_options: dict | None = None,
+    ) -> Encoder:
+        """Encoder for a `tokenizer.json` (a name ending in .json) or a tiktoken ranks file
+        (any other name); a ranks file needs the split `pattern` and may have
+        `special_tokens`, which a tokenizer.json carries itself."""
+        if not is_tiktoken_ranks(path):
+            if pattern is not None or special_tokens:
+                raise ValueError(f"{path}: pattern and special_tokens are for tiktoken ranks files; "
+                                 "a tokenizer.json carries its own")
+            return cls.from_tokenizer_json(path, eod=eod, bos=bos, threads=threads,
+                                           storage_options=storage_options)
+        if not pattern:
+            raise ValueError(f"{path} is a tiktoken ranks file: give its split pattern "
+                             f"({' | '.join(PATTERNS)} or a regex)")
+        return cls.from_tiktoken(path, pattern, special_tokens=special_tokens, eod=eod, bos=bos,
+                                 threads=threads, storage_options=storage_options)
 
     @classmethod
     def from_tiktoken(

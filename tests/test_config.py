@@ -28,6 +28,14 @@ def _write(tmp_path, raw) -> str:
     (lambda r: r["engine"].update(workers=0), "engine.workers"),
     (lambda r: r["input"].update(paths=["/nonexistent/dir/*.jsonl"]), "matches no file"),
     (lambda r: r.pop("run_root"), "run_root: required key is missing"),
+    (lambda r: r["tokenizer"].update(pattern="gpt2"), "are for a tiktoken ranks file"),
+    (lambda r: r["tokenizer"].update(path="/nonexistent/cl100k.tiktoken"), "set tokenizer.pattern"),
+    (lambda r: r["tokenizer"].update(path="/nonexistent/x.tiktoken", pattern="(unclosed"), "tokenizer.pattern does not compile"),
+    (lambda r: r["tokenizer"].update(path="/nonexistent/x.tiktoken", pattern="gpt2"), "has no end-of-text token"),
+    (lambda r: r["tokenizer"].update(path="/nonexistent/x.tiktoken", pattern="gpt2", special_tokens={"<|endoftext|>": 9}),
+     "tokenizer.path: /nonexistent/x.tiktoken does not exist"),
+    (lambda r: r["tokenizer"].update(path="/nonexistent/tokenizer.json"), "does not exist"),
+    (lambda r: r["tokenizer"]["train"].update(special_tokens=["<pad>"]), "has no end-of-text token"),
 ])
 def test_bad_config_exits_2_naming_the_key(tmp_path, laptop_raw, mutate, needle):
     raw = yaml.safe_load(yaml.safe_dump(laptop_raw))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from conftest import tokenmill
 from helpers_runs import output_docs, summary
 from stages.shards import read_doc_index, verify_manifest
 from test_megatron_format import read_local
@@ -107,8 +108,6 @@ def test_expand_mode_in_document_order(make_config, shards):
     and each document decodes to the same text as the reference run's plain stream."""
     import pyarrow.parquet as pq
 
-    from conftest import tokenmill
-
     _, ref_manifest, tok, texts, _ = shards
     stochastok = {**ref_manifest["settings"]["stochastok"], "mode": "expand"}
     cfg = make_config("expand", engine={"kind": "local"}, encode={"stochastok": stochastok},
@@ -133,3 +132,30 @@ def test_expand_mode_in_document_order(make_config, shards):
     assert seen == order  # every document, exact text, in document order
     st = manifest["totals"]["stochastok"]
     assert st["stochastok_expanded"] == ref_manifest["totals"]["stochastok"]["stochastok_expanded"]
+
+
+def test_tiktoken_ranks_file_gives_the_same_shards(make_config, reference_run, shards):
+    """tokenizer.path may be a tiktoken ranks file (with its pattern and special tokens): the
+    train step's own ranks export, given that way, writes byte-identical shards."""
+    run_root = reference_run[0]
+    trained = Path(summary(run_root)["steps"]["train_bpe"]["url"])
+    ranks_info = json.loads((trained / "tiktoken.json").read_text())
+    cfg = make_config("ranks", engine={"kind": "local"},
+                      tokenizer={"path": str(trained / ranks_info["ranks_file"]), "pattern": ranks_info["pattern"],
+                                 "special_tokens": ranks_info["special_tokens"]})
+    tokenmill("run", str(cfg))
+    out = Path(summary(cfg.parent / "run-ranks")["steps"]["write_shards"]["url"])
+    ref_out = shards[0]
+    names = sorted(p.name for p in ref_out.glob("*.bin")) + sorted(p.name for p in ref_out.glob("*.idx"))
+    assert names and sorted(p.name for p in out.glob("*.bin")) + sorted(p.name for p in out.glob("*.idx")) == names
+    for name in names:
+        assert (out / name).read_bytes() == (ref_out / name).read_bytes(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tokenizer"]["pattern"] == ranks_info["pattern"]
+    assert manifest["tokenizer"]["special_tokens"] == ranks_info["special_tokens"]
+    assert verify_manifest(str(out)) == []
+    # inspect decodes through the manifest's ranks file and pattern
+    shown = tokenmill("inspect", str(out / "tokens-00000"), "--docs", "1").stdout
+    first = next(r["doc_id"] for r in read_doc_index(str(out)).to_pylist()
+                 if r["shard"] == "tokens-00000" and r["doc_index"] == 0)
+    assert f"id {first}" in shown and shards[3][first][:60] in shown

@@ -11,6 +11,7 @@ are built once per worker process.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 
@@ -25,15 +26,33 @@ from stages.encode import Encoder, ids_to_arrow
 from stages.stochastok import SplitTable, document_keys, expand_flat
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenizerSource:
+    """Where the encode step's tokenizer comes from: a tokenizer.json, or a tiktoken ranks
+    file with its split pattern and special tokens (hashable: workers cache by it)."""
+
+    url: str
+    pattern: str | None = None
+    special_tokens: tuple[tuple[str, int], ...] = ()
+
+    def encoder(self, eod, bos, threads: int | None = None) -> Encoder:
+        return Encoder.from_file(self.url, pattern=self.pattern, special_tokens=dict(self.special_tokens) or None,
+                                 eod=eod, bos=bos, threads=threads)
+
+    def info(self) -> dict:
+        """What the manifest records beside the file's path and checksum."""
+        return {"pattern": self.pattern, "special_tokens": dict(self.special_tokens)} if self.pattern else {}
+
+
 @functools.lru_cache(maxsize=4)
-def _encoder(tokenizer_url: str, eod, bos) -> Encoder:
+def _encoder(source: TokenizerSource, eod, bos) -> Encoder:
     # One thread: a task owns one CPU of the engine; parallelism comes from tasks.
-    return Encoder.from_tokenizer_json(tokenizer_url, eod=eod, bos=bos, threads=1)
+    return source.encoder(eod, bos, threads=1)
 
 
 @functools.lru_cache(maxsize=4)
-def _split_table(tokenizer_url: str, eod, bos) -> SplitTable:
-    return SplitTable.build(_encoder(tokenizer_url, eod, bos).token_bytes)
+def _split_table(source: TokenizerSource, eod, bos) -> SplitTable:
+    return SplitTable.build(_encoder(source, eod, bos).token_bytes)
 
 
 #: Text per batch inside a task. Bounds a task's memory whatever the part size, and keeps
@@ -78,13 +97,13 @@ def _encode_batch(enc: Encoder, texts: list[str], ids: list, stochastok: dict, t
     return cols
 
 
-def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer_url: str, eod, bos,
+def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer: TokenizerSource, eod, bos,
                 stochastok: dict, compression: str) -> dict:
     docs = io.read_parquet(in_url, columns=["id", "text"])
     ids = docs.column("id").to_pylist()
     texts = docs.column("text")
-    enc = _encoder(tokenizer_url, eod, bos)
-    table = _split_table(tokenizer_url, eod, bos) if stochastok["mode"] != "off" else None
+    enc = _encoder(tokenizer, eod, bos)
+    table = _split_table(tokenizer, eod, bos) if stochastok["mode"] != "off" else None
     before = enc.stats
     counters = Counter(documents=len(ids))
     text_bytes = pc.binary_length(texts).to_numpy(zero_copy_only=False)
@@ -96,10 +115,10 @@ def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer_url
             "vocab_size": enc.vocab_size, "backend": enc.backend, "backend_reason": enc.backend_reason}
 
 
-def tokenizer_url(cfg: RunConfig, inputs: dict) -> str:
+def tokenizer_source(cfg: RunConfig, inputs: dict) -> TokenizerSource:
     if cfg.tokenizer.path:
-        return cfg.tokenizer.path
-    return io.join(inputs["train_bpe"].url, inputs["train_bpe"].record["tokenizer"])
+        return TokenizerSource(cfg.tokenizer.path, cfg.tokenizer.pattern, tuple(sorted(cfg.tokenizer.special_tokens.items())))
+    return TokenizerSource(io.join(inputs["train_bpe"].url, inputs["train_bpe"].record["tokenizer"]))
 
 
 class EncodeStep(Step):
@@ -113,17 +132,21 @@ class EncodeStep(Step):
         c = cfg.encode.model_dump()
         if cfg.tokenizer.path:  # a trained tokenizer is versioned through its step's input
             c["tokenizer_sha256"] = io.sha256_of(cfg.tokenizer.path)
+            if cfg.tokenizer.pattern:
+                c["tokenizer_pattern"] = cfg.tokenizer.pattern
+                c["tokenizer_special_tokens"] = cfg.tokenizer.special_tokens
         return c
 
     def run(self, ctx: StepContext) -> dict:
         c = ctx.cfg.encode
-        tok = tokenizer_url(ctx.cfg, ctx.inputs)
+        tok = tokenizer_source(ctx.cfg, ctx.inputs)
         docs = ctx.inputs[self.inputs[0]]
         st = c.stochastok.model_dump()
-        args = [dict(in_url=u, part=p, tokenizer_url=tok, eod=c.eod, bos=c.bos, stochastok=st, compression=ctx.compression)
+        args = [dict(in_url=u, part=p, tokenizer=tok, eod=c.eod, bos=c.bos, stochastok=st, compression=ctx.compression)
                 for p, u in docs.part_urls()]
         results = run_tasks(ctx, encode_task, "encode", args, "encode")
         first = results[0]  # every task loads the same tokenizer
-        return {"counters": merge_counters(results), "parts": [p for r in results for p in r["parts"]], "tokenizer": tok,
+        return {"counters": merge_counters(results), "parts": [p for r in results for p in r["parts"]], "tokenizer": tok.url,
+                "tokenizer_info": tok.info(),
                 "vocab_size": first["vocab_size"], "backend": first["backend"], "backend_reason": first["backend_reason"]}
 

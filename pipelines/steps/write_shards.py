@@ -105,7 +105,9 @@ class WriteShardsStep(Step):
             raise AssertionError(f"write_shards: {len(ids)} documents encoded, {written} written to shards")
         shard_docs = [(sh.shard_name(k, s), res["ids"]) for s in streams for k, res in enumerate(results)]
         sh.write_doc_index(ctx.url, shard_docs)
-        tokenizer = sh.tokenizer_info(enc.record["tokenizer"], vocab_size=vocab, preset=cfg.tokenizer.train.get("preset") if not cfg.tokenizer.path else None)
+        tokenizer = {**sh.tokenizer_info(enc.record["tokenizer"], vocab_size=vocab,
+                                         preset=cfg.tokenizer.train.get("preset") if not cfg.tokenizer.path else None),
+                     **enc.record.get("tokenizer_info", {})}  # a tiktoken ranks file: its pattern and special tokens
         settings = {"eod": cfg.encode.eod, "bos": cfg.encode.bos, "stochastok": cfg.encode.stochastok.model_dump(), **cfg.shards.model_dump(),
                     "target_tokens": target}
         manifest = sh.build_manifest(records, tokenizer=tokenizer, config_hash=ctx.version, settings=settings)
