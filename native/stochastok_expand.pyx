@@ -38,10 +38,10 @@ cdef int64_t expand_one(
     const int64_t* offsets, const int32_t* left, const int32_t* right,
     int32_t* out, int64_t* attempts_out, int64_t* expanded_out,
     vector[int32_t]& work, vector[int64_t]& after_orig,
-    vector[int32_t]& made_token, vector[int64_t]& next_made, vector[char]& made_ok,
+    vector[int32_t]& made_token, vector[int64_t]& next_made,
 ) noexcept nogil:
     """Expand one document into `out`; returns the number of ids written (-1: too long)."""
-    cdef int64_t attempts = 0, expanded = 0, d = 0, slot, nxt, s, j, k, n, c
+    cdef int64_t attempts = 0, expanded = 0, d = 0, slot, j, k, n, c
     cdef uint64_t base = mix(key), word
     cdef int32_t t
     cdef int32_t* tok
@@ -54,9 +54,8 @@ cdef int64_t expand_one(
         return n_tok
     work.assign(tokens, tokens + n_tok)
     after_orig.assign(n_tok, -1)
-    made_token.clear()
+    made_token.clear()  # token in the slot made by draw d; -1: draw d made none
     next_made.clear()
-    made_ok.clear()
     tok = work.data()
     after = after_orig.data()
     while attempts < due and expanded < cap:
@@ -66,19 +65,14 @@ cdef int64_t expand_one(
         slot = <int64_t>(((word >> 32) * <uint64_t>(n_tok + d)) >> 32)
         made_token.push_back(-1)
         next_made.push_back(-1)
-        made_ok.push_back(0)
-        if slot < n_tok:
-            t = tok[slot]
-        elif made_ok[slot - n_tok]:
-            t = made_token[slot - n_tok]
-        else:
+        t = tok[slot] if slot < n_tok else made_token[slot - n_tok]
+        if t < 0:
             d += 1
             continue  # the slot was never made: not an attempt
         attempts += 1
         n = offsets[t + 1] - offsets[t]
         if n > 0:
             k = offsets[t] + <int64_t>(((word & 0xFFFFFFFFULL) * <uint64_t>n) >> 32)
-            made_ok[d] = 1
             made_token[d] = right[k]
             if slot < n_tok:
                 tok[slot] = left[k]
@@ -136,7 +130,6 @@ def expand_flat(
     cdef vector[int32_t] work
     cdef vector[int64_t] after_orig, next_made
     cdef vector[int32_t] made_token
-    cdef vector[char] made_ok
     cdef const int32_t* tok_ptr = &tokens[0] if tokens.shape[0] else NULL
     cdef int32_t* out_ptr = &out[0] if out.shape[0] else NULL
     cdef const int32_t* left_ptr = &left[0] if left.shape[0] else NULL
@@ -147,7 +140,7 @@ def expand_flat(
             wrote = expand_one(
                 tok_ptr + pos, lengths[i], keys[i], attempts_due[i], cap,
                 &offsets[0], left_ptr, right_ptr, out_ptr + out_pos, &att[i], &exp[i],
-                work, after_orig, made_token, next_made, made_ok)
+                work, after_orig, made_token, next_made)
             if wrote < 0:
                 break
             out_len[i] = wrote

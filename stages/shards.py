@@ -191,6 +191,9 @@ def _json_bytes(obj) -> bytes:
 # -- shards ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShardRecord:
+    """One finished shard as the manifest lists it: megatron.ShardFiles' facts under the
+    shard's name (not its path), its stream and StochasTok counts."""
+
     name: str
     stream: str
     documents: int
@@ -235,19 +238,9 @@ def write_shard(
 
 
 def _mark_done(out_dir, name, files, stream, attempts, expanded, storage_options):
-    record = ShardRecord(
-        name=name,
-        stream=stream,
-        documents=files.documents,
-        tokens=files.tokens,
-        dtype=files.dtype,
-        bin_bytes=files.bin_bytes,
-        idx_bytes=files.idx_bytes,
-        bin_sha256=files.bin_sha256,
-        idx_sha256=files.idx_sha256,
-        stochastok_attempts=int(attempts),
-        stochastok_expanded=int(expanded),
-    )
+    facts = {k: v for k, v in asdict(files).items() if k != "prefix"}  # the name, not a path
+    record = ShardRecord(name=name, stream=stream, stochastok_attempts=int(attempts),
+                         stochastok_expanded=int(expanded), **facts)
     atomic_write_bytes(
         join(out_dir, name) + DONE_SUFFIX, _json_bytes(record.to_dict()), storage_options
     )
