@@ -20,10 +20,10 @@ Expansion with proportion p (the paper's process, DESIGN.md)
 Two backends, identical output (`expand_flat(backend=...)`)
     "native" (the default) runs the process below one document at a time in compiled code
     (native/stochastok_expand.pyx): a draw is a few integer operations, a replacement two
-    linked-list stores, the output one walk; O(length + draws), about 3 ns per token at
-    p = 0.1 against about 18 for "numpy", the vectorized form described next. The numpy
-    form needs no compiler and is the cross-check: both are tested against each other and
-    against a sequential oracle, bit for bit.
+    linked-list stores, the output one walk; O(length + draws), about 4 ns per token at
+    p = 0.1 against about 18 for "numpy", the vectorized form described next, which is the
+    cross-check: both are tested against each other and against a sequential oracle, bit
+    for bit (benchmarks/bench_encode.py times both on the same corpus).
 
 How the numpy backend is vectorized (same draws, no per-replacement list work)
     Positions are identified with *slots*: slot j < L is the j-th original token, and the
@@ -577,7 +577,7 @@ def expand_flat(
     `keys` come from `document_keys(run_seed, doc_ids)`. Returns int32 ids. The cap
     `max_num_to_expand` applies per document, like the reference. `backend` "native" runs
     the process one document at a time in compiled code (native/stochastok_expand.pyx,
-    about 5x faster); "numpy" runs the vectorized code of this module. Both give the same
+    about 4x faster); "numpy" runs the vectorized code of this module. Both give the same
     ids and counters, bit for bit (tested against each other and a sequential oracle).
     """
     if backend not in BACKENDS:
