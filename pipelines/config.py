@@ -139,6 +139,8 @@ class ShardsConfig(Section):
 
 class OutputConfig(Section):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    keep_scratch: bool = Field(False, description="keep each finished step's task records and shuffle scratch "
+                                                  "(for debugging); by default they are removed after _SUCCESS.json")
 
 
 class RunConfig(Section):

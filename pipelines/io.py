@@ -32,6 +32,13 @@ def makedirs(url: str) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
+def remove_tree(url: str) -> None:
+    """Remove a directory and everything under it; nothing happens if it is absent."""
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def read_json(url: str) -> Any:
     return json.loads(read_bytes(url))
 

@@ -22,6 +22,7 @@ def run_step(cfg: RunConfig, planned: PlannedStep, engine: Engine, finished: dic
     success_url = io.join(planned.url, SUCCESS)
     if io.exists(success_url):
         log(f"{step.name}: done already ({planned.url}), skipped")
+        remove_scratch(cfg, planned)  # in case a run was stopped while removing it
         return FinishedStep(step.name, planned.version, planned.url, {**io.read_json(success_url), "skipped": True})
     log(f"{step.name}: running -> {planned.url}")
     ctx = StepContext(cfg=cfg, engine=engine, url=planned.url, inputs={n: finished[n] for n in step.inputs},
@@ -37,7 +38,16 @@ def run_step(cfg: RunConfig, planned: PlannedStep, engine: Engine, finished: dic
         **payload,
     }
     io.atomic_write_json(success_url, record)
+    remove_scratch(cfg, planned)
     return FinishedStep(step.name, planned.version, planned.url, record)
+
+
+def remove_scratch(cfg: RunConfig, planned: PlannedStep) -> None:
+    """Task records and shuffle scratch of a finished step (kept with output.keep_scratch)."""
+    if cfg.output.keep_scratch:
+        return
+    for name in ("_tasks", *planned.step.scratch):
+        io.remove_tree(io.join(planned.url, name))
 
 
 def run(cfg: RunConfig, engine: Engine | None = None, until: str | None = None) -> dict:

@@ -27,6 +27,7 @@ def test_step_matches_local_reference(tmp_path, laptop_raw, verify):
     raw["input"] = dict(raw["input"], part_bytes=60_000)
     raw["engine"] = dict(raw["engine"], kind="local")
     raw["dedup_near"] = dict(raw["dedup_near"], verify=verify)
+    raw["output"] = dict(raw["output"], keep_scratch=True)  # the buckets are inspected below
     cfg = parse_config(raw)
     summary = run(cfg)
     steps = summary["steps"]

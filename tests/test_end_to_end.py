@@ -119,3 +119,28 @@ def test_tokenizer_trained_on_the_cleaned_documents(sample_run):
     assert tok.get_vocab_size() == 8192
     text = output_docs(sample_run[0]).column("text")[0].as_py()
     assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_finished_steps_keep_only_their_outputs(sample_run):
+    """Task records and shuffle scratch are removed once a step's _SUCCESS.json is written."""
+    from pathlib import Path
+
+    run_root, _, _, _ = sample_run
+    outputs = {"docs", "dropped", "quarantine", "tokens"}  # subfolders a step hands on
+    for name, step in summary(run_root)["steps"].items():
+        folders = {p.name for p in Path(step["url"]).iterdir() if p.is_dir()}
+        assert folders <= outputs, (name, folders - outputs)
+        assert (Path(step["url"]) / "_SUCCESS.json").exists()
+
+
+def test_keep_scratch_keeps_task_records_and_shuffles(make_config):
+    cfg = make_config("scratch", engine={"kind": "local"}, output={"compression": "zstd", "keep_scratch": True},
+                      tokenizer={"enabled": False}, encode={"enabled": False})
+    tokenmill("run", str(cfg))
+    steps = summary(cfg.parent / "run-scratch")["steps"]
+    from pathlib import Path
+
+    exact = {p.name for p in Path(steps["dedup_exact"]["url"]).iterdir()}
+    near = {p.name for p in Path(steps["dedup_near"]["url"]).iterdir()}
+    assert {"_tasks", "hashes", "keys", "dups"} <= exact
+    assert {"_tasks", "bands", "edges", "verified", "labels"} <= near

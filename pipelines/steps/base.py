@@ -9,6 +9,10 @@ Inside a step, work is split into tasks; each task writes its files atomically a
 a task record `_tasks/<phase>-<index>.json`. A rerun after a crash reuses every task that
 has a record and redoes the others, so a killed run loses at most the tasks in flight.
 
+Task records and a step's shuffle scratch (`Step.scratch`) are needed only until the step
+is finished: the runner removes them once `_SUCCESS.json` is written (unless
+`output.keep_scratch`), so a finished run keeps only its outputs.
+
 Layout of a document-producing step's folder:
   docs/part-00000.parquet      surviving documents (one part per input part)
   dropped/part-00000.parquet   documents this step removed, with the reason
@@ -79,6 +83,8 @@ class Step(ABC):
     name: str = ""
     # Bump when the code changes what the step outputs, so old outputs are not reused.
     code_version: int = 1
+    # Subfolders used only while the step runs (shuffles); removed with `_tasks/` once done.
+    scratch: tuple[str, ...] = ()
 
     def __init__(self, inputs: tuple[str, ...] = ()):
         self.inputs = inputs

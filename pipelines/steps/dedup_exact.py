@@ -64,6 +64,7 @@ class ExactFilter:
 class DedupExactStep(Step):
     name = "dedup_exact"
     code_version = 2  # 2: shuffle scratch is Arrow IPC
+    scratch = ("hashes", "keys", "dups")
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.dedup_exact.enabled

@@ -152,6 +152,7 @@ class NearFilter:
 class DedupNearStep(Step):
     name = "dedup_near"
     code_version = 2  # 2: shuffle scratch is Arrow IPC
+    scratch = ("bands", "edges", "edges_dst", "verified", "cc", "labels", "ids", "keepers")
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.dedup_near.enabled

@@ -67,6 +67,7 @@ def shard_task(step_url: str, index: int, streams: list[str], vocab_size: int, s
 class WriteShardsStep(Step):
     name = "write_shards"
     code_version = 2  # 2: shuffle scratch is Arrow IPC, routes only the columns shards need
+    scratch = ("route",)
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.encode.enabled
