@@ -602,9 +602,11 @@ def expand_flat(
     if backend == "native":
         from native import stochastok_expand
 
+        contiguous = np.ascontiguousarray  # the kernel takes C-contiguous buffers
         out, out_len, attempts, expanded = stochastok_expand.expand_flat(
-            np.ascontiguousarray(tokens, dtype=np.int32), lengths, keys, n_att, cap,
-            table.offsets, table.left, table.right)
+            contiguous(tokens, dtype=np.int32), contiguous(lengths), contiguous(keys), n_att, cap,
+            contiguous(table.offsets, dtype=np.int64), contiguous(table.left, dtype=np.int32),
+            contiguous(table.right, dtype=np.int32))
         if out is None:
             raise ValueError("document too long for StochasTok's 32-bit slot draws")
         return Expansion(out, out_len, attempts, expanded)

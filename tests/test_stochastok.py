@@ -216,6 +216,17 @@ def test_native_and_numpy_backends_agree_on_real_documents(table, corpus, p, cap
     assert native.total_expanded > 0
 
 
+def test_strided_and_other_dtype_inputs(table, corpus):
+    tokens, lengths, keys = corpus
+    want = st.expand_flat(tokens, lengths, keys, table, 0.3)
+    # every other document, given as strided views; ids as int64
+    docs = docs_of(tokens, lengths)[::2]
+    flat = np.concatenate(docs).astype(np.int64)
+    got = st.expand_flat(flat, lengths[::2], keys[::2], table, 0.3)
+    for i, new in zip(range(0, len(lengths), 2), docs_of(got.tokens, got.lengths)):
+        assert np.array_equal(new, docs_of(want.tokens, want.lengths)[i])
+
+
 def test_distribution_matches_the_reference_process(encoder, table, corpus):
     """Same law as the paper's loop: compare mean replacements and re-splits over many seeds."""
     tokens, lengths, _ = corpus
