@@ -6,7 +6,8 @@ One task per document part; part p in -> tokens/part-p.parquet out, with columns
 In mode `expand` only the expanded stream is written: `tokens` is left out (its length
 `n_tokens` stays), since no shard is made from it.
 The encoder (tiktoken where exact, else Hugging Face; stages.encode) and the split table
-are built once per worker process.
+are built once per worker process; a task works through its part in batches of about
+`ENCODE_BATCH_BYTES` of text, so its memory does not grow with the part.
 """
 
 from __future__ import annotations
