@@ -86,6 +86,7 @@ ORDER = ["read", "normalize", "langid", "dedup_exact", "dedup_near", "write", "t
     ("dedup_exact.strip_digits", True, "dedup_exact"),
     ("dedup_near.threshold", 0.85, "dedup_near"),
     ("output.compression", "snappy", "write"),
+    ("output.keep_scratch", True, None),
     ("tokenizer.train.vocab_size", 4096, "train_bpe"),
     ("tokenizer.train.max_partition_mb", 100, None),
     ("tokenizer.train.min_frequency", 0, None),  # spelled-out default
