@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import (
@@ -21,17 +20,13 @@ from tokenizers import (
     trainers,
 )
 
+from helpers_data import read_jsonl_zst
 from stages import encode
 from stages.encode import Encoder
 
 REPO = Path(__file__).resolve().parents[1]
 EOT = "<|endoftext|>"
 
-
-def read_jsonl_zst(path: Path) -> list[dict]:
-    with open(path, "rb") as handle:
-        data = zstandard.ZstdDecompressor().stream_reader(handle).read()
-    return [json.loads(line) for line in data.splitlines()]
 
 
 def train(texts, *, vocab_size=8000, full_alphabet=True, prefix_space=False, split=None,

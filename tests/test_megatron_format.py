@@ -5,7 +5,6 @@ The reader here is written from the layout in DESIGN.md, independently of stages
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path
@@ -13,9 +12,9 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-import zstandard
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
+from helpers_data import read_jsonl_zst, train_byte_level_bpe
 from stages import megatron
 from stages.encode import Encoder
 
@@ -50,28 +49,10 @@ def read_local(prefix: Path) -> dict:
     return independent_read(Path(f"{prefix}.idx").read_bytes(), Path(f"{prefix}.bin").read_bytes())
 
 
-def read_jsonl_zst(path: Path) -> list[dict]:
-    with open(path, "rb") as handle:
-        data = zstandard.ZstdDecompressor().stream_reader(handle).read()
-    return [json.loads(line) for line in data.splitlines()]
-
 
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory) -> Path:
-    texts = [r["text"] for r in read_jsonl_zst(REPO / "data/dev/rust-doc-books.jsonl.zst")]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=4096,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts[::2], trainer)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
-    return path
+    return train_byte_level_bpe(tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=4096, every=2)
 
 
 def check_layout(got: dict, docs: list[np.ndarray], code: int, itemsize: int) -> None:

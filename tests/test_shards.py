@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zstandard
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from helpers_data import read_jsonl_zst, train_byte_level_bpe
 from stages import megatron, shards
 from stages.encode import Encoder
 from stages.stochastok import SplitTable, document_keys, expand_flat
@@ -27,21 +26,9 @@ from stages.stochastok import SplitTable, document_keys, expand_flat
 REPO = Path(__file__).resolve().parents[1]
 
 
-def read_jsonl_zst(path: Path) -> list[dict]:
-    with open(path, "rb") as handle:
-        data = zstandard.ZstdDecompressor().stream_reader(handle).read()
-    return [json.loads(line) for line in data.splitlines()]
-
 
 def train_tokenizer(path: Path) -> None:
-    texts = [r["text"] for r in read_jsonl_zst(REPO / "data/dev/rust-doc-books.jsonl.zst")]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts[::4], trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.save(str(path))
+    train_byte_level_bpe(path, vocab_size=3000, every=4)
 
 
 def load_records(limit: int = 240) -> list[dict]:

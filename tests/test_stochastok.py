@@ -1,40 +1,25 @@
 """StochasTok: split table vs brute force, vectorized expansion vs a plain sequential oracle."""
 from __future__ import annotations
 
-import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as hst
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from helpers_data import read_jsonl_zst, train_byte_level_bpe
 from stages import stochastok as st
 from stages.encode import Encoder
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def read_jsonl_zst(path: Path) -> list[dict]:
-    with open(path, "rb") as handle:
-        data = zstandard.ZstdDecompressor().stream_reader(handle).read()
-    return [json.loads(line) for line in data.splitlines()]
-
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory) -> Encoder:
-    texts = [r["text"] for r in read_jsonl_zst(REPO / "data/dev/rust-doc-books.jsonl.zst")]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=8000, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(str(path))
+    path = train_byte_level_bpe(tmp_path_factory.mktemp("tok") / "tokenizer.json", vocab_size=8000)
     return Encoder.from_tokenizer_json(str(path))
 
 
