@@ -1,7 +1,7 @@
 """The `tokenmill` command line.
 
-Exit codes: 0 success; 1 a step failed; 2 the config (or command line) is invalid;
-3 the run finished but the accounting invariant does not hold.
+Exit codes: 0 success; 1 a step failed; 2 the config, the plan or the command line is
+invalid (nothing was run); 3 the run finished but the accounting invariant does not hold.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 from pipelines.config import ConfigError, load_config
 
@@ -17,33 +18,79 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ACCOUNTING = 0, 1, 2, 3
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file, e.g. configs/laptop.yaml")
+    _set_arg(p)
+
+
+def _set_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set engine.workers=4 (repeatable)")
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    from pipelines.plan import resolve
+def _print_states(plan, out=sys.stdout) -> None:
+    from pipelines.plan import step_states
 
+    print(f"plan {plan.hash}: {len(plan.inputs)} input files, run root {plan.run_root}", file=out)
+    for name, state, why in step_states(plan):
+        print(f"  {name:<13} {plan.step(name).version}  {state:<7} {why}", file=out)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipelines.plan import make_plan
+
+    plan = make_plan(load_config(args.config, args.overrides))
     print(f"config OK: {args.config}")
-    for planned in resolve(cfg):
-        state = "done" if planned.done else "to run"
-        print(f"  {planned.step.name:<12} {planned.version}  {state}")
+    _print_states(plan)
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipelines.plan import make_plan, write_plan
+
+    plan = make_plan(load_config(args.config, args.overrides))
+    url = write_plan(plan)
+    _print_states(plan, out=sys.stderr)
+    print(url)
+    return EXIT_OK
+
+
+def _report(plan) -> int:
+    from pipelines.steps.accounting import SUMMARY, format_table
+    from stages import storage
+
+    summary_url = storage.join(plan.step_url("accounting"), SUMMARY)
+    if storage.exists(summary_url):
+        print(format_table(storage.read_json(summary_url)))
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    from pipelines.accounting import format_table
-    from pipelines.runner import log, run
+    from pipelines.plan import make_plan, write_plan
+    from pipelines.runner import log, run_plan
 
-    summary = run(cfg, until=args.until)
-    print(format_table(summary))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    if not summary["invariant"]["holds"]:
-        log("accounting invariant violated: documents were lost or doubled; see summary.json")
-        return EXIT_ACCOUNTING
+    plan = make_plan(load_config(args.config, args.overrides))
+    log(f"plan {write_plan(plan)}")
+    run_plan(plan, until=args.until)
+    if not args.until or args.until == "accounting":
+        _report(plan)
+        if args.json:
+            from pipelines.steps.accounting import SUMMARY
+            from stages import storage
+
+            print(json.dumps(storage.read_json(storage.join(plan.step_url("accounting"), SUMMARY)), indent=2))
+    return EXIT_OK
+
+
+def cmd_run_step(args: argparse.Namespace) -> int:
+    from pipelines.engines import make_engine
+    from pipelines.plan import load_plan
+    from pipelines.runner import run_step
+
+    plan = load_plan(args.plan, args.overrides)
+    plan.step(args.step)  # an unknown step fails here, before an engine starts
+    with make_engine(plan.cfg, plan.cfg.progress) as engine:
+        run_step(plan, args.step, engine)
+    if args.step == "accounting":
+        _report(plan)
     return EXIT_OK
 
 
@@ -51,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Subcommands with their own argument parsers are delegated whole.
     if argv and argv[0] == "train-bpe":
-        from pipelines.bpe_job import main as bpe_main
+        from pipelines.bpe_cli import main as bpe_main
 
         return bpe_main(argv[1:])
     if argv and argv[0] == "inspect":
@@ -61,23 +108,41 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="tokenmill", description="Prepare LLM pretraining data.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run every step of the plan (finished steps are skipped)")
+    p_run = sub.add_parser("run", help="plan, then run every step of the plan in order (finished steps are skipped)")
     _config_args(p_run)
     p_run.add_argument("--until", help="stop after this step")
     p_run.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p_run.set_defaults(func=cmd_run)
-    p_val = sub.add_parser("validate", help="check a config and show the plan, doing no work")
+    p_plan = sub.add_parser("plan", help="pin the inputs and versions of a run: writes <run_root>/_plans/<hash>.json, "
+                                         "prints its path")
+    _config_args(p_plan)
+    p_plan.set_defaults(func=cmd_plan)
+    p_step = sub.add_parser("run-step", help="run one step of a pinned plan (its inputs must be finished)")
+    p_step.add_argument("plan", help="a plan file written by `tokenmill plan`")
+    p_step.add_argument("step", help="the step to run, e.g. read")
+    _set_arg(p_step)
+    p_step.set_defaults(func=cmd_run_step)
+    p_val = sub.add_parser("validate", help="check a config and show the plan and each step's state, doing no work")
     _config_args(p_val)
     p_val.set_defaults(func=cmd_validate)
     sub.add_parser("train-bpe", help="train a BPE tokenizer on files (see tokenmill train-bpe --help)")
     sub.add_parser("inspect", help="inspect Megatron shards (see tokenmill inspect --help)")
 
     args = parser.parse_args(argv)
+    from pipelines.steps.accounting import AccountingError
+
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"tokenmill: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except AccountingError as e:
+        print(f"tokenmill: {e}", file=sys.stderr)
+        return EXIT_ACCOUNTING
+    except Exception as e:  # a step failed: its own exception, with the task named in its notes
+        traceback.print_exc()
+        print(f"tokenmill: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ class Section(BaseModel):
 
 class InputConfig(Section):
     paths: list[str] = Field(min_length=1, description="fsspec URLs or globs of JSONL(.gz|.zst) or Parquet files")
-    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    format: Literal["auto", "jsonl", "parquet", "text"] = Field(
+        "auto", description="auto (from the file name: Parquet, else JSONL); text: every line, newline included, is a document")
     text_field: str = "text"
     id_field: str | None = Field(None, description="field holding a document id; when absent ids are <file>:<line> or <file>:<row>")
     keep_fields: list[str] = Field(default_factory=list, description="extra input fields carried to the output")
@@ -37,10 +38,21 @@ class InputConfig(Section):
     parquet_rows_per_task: int = Field(100_000, gt=0)
 
 
+class BeamConfig(Section):
+    runner: str | None = Field(None, description="a Beam runner name; null: the in-process portable runner (FnApiRunner) "
+                                                 "with engine.workers worker processes")
+    options: list[str] = Field(default_factory=list, description="flags passed to Beam's PipelineOptions as given, "
+                                                                  "e.g. [--runner=DataflowRunner, --project=p, --region=r]")
+
+
 class EngineConfig(Section):
-    kind: Literal["ray", "local"] = "ray"
-    workers: int = Field(2, ge=1, description="CPUs the embedded Ray cluster may use (ignored with an address)")
-    address: str | None = Field(None, description="Ray cluster address (e.g. ray://head:10001 or auto); none starts a local cluster")
+    """Where tasks run. Each engine adapter (pipelines/engines) checks the settings it reads."""
+
+    kind: Literal["ray", "local", "beam"] = "ray"
+    workers: int = Field(2, ge=1, description="parallel tasks: CPUs of the embedded Ray cluster, Beam's worker processes")
+    address: str | None = Field(None, description="kind ray: a running cluster (ray://head:10001, or auto inside a job); "
+                                                  "null starts an embedded one")
+    beam: BeamConfig = BeamConfig()
 
 
 class NormalizeConfig(Section):
@@ -107,14 +119,6 @@ class TokenizerConfig(Section):
     train: dict[str, Any] = Field(default_factory=lambda: {"vocab_size": 8192, "preset": "gpt2", "special_tokens": ["<|endoftext|>"]},
                                   description="train-bpe settings (docs/bpe.md): vocab_size, preset, digits, special_tokens, ...")
 
-    @field_validator("train")
-    @classmethod
-    def _valid_bpe(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from stages.bpe import BpeConfig
-
-        BpeConfig.from_dict(v)  # raises BpeConfigError (a ValueError) naming the key
-        return v
-
 
 class StochasTokConfig(Section):
     mode: Literal["off", "expand", "both"] = Field("off", description="off; expand (write only the expanded stream); both streams")
@@ -139,6 +143,7 @@ class ShardsConfig(Section):
 
 class OutputConfig(Section):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    documents: bool = Field(True, description="write the cleaned documents as the run's output (the write step)")
     keep_scratch: bool = Field(False, description="keep each finished step's task records and shuffle scratch "
                                                   "(for debugging); by default they are removed after _SUCCESS.json")
 
@@ -192,8 +197,8 @@ def _explain(err: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def load_config(path: str, overrides: list[str] | None = None, check_inputs: bool = True) -> RunConfig:
-    """Load, override and validate a config. Raises ConfigError with a readable message."""
+def load_raw(path: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML of a config file with overrides applied (not yet validated)."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
@@ -203,76 +208,21 @@ def load_config(path: str, overrides: list[str] | None = None, check_inputs: boo
         raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
-    return parse_config(apply_overrides(raw, overrides or []), check_inputs=check_inputs)
+    return apply_overrides(raw, overrides or [])
 
 
-def _check_tokenizer(cfg: RunConfig) -> None:
-    """A given tokenizer file, its split pattern and the framing tokens, before any work."""
-    import regex
-
-    from stages.encode import EOD_CANDIDATES, PATTERNS, is_tiktoken_ranks
-
-    tiktoken_ranks = cfg.tokenizer.path is not None and is_tiktoken_ranks(cfg.tokenizer.path)
-    if (cfg.tokenizer.pattern is not None or cfg.tokenizer.special_tokens) and not tiktoken_ranks:
-        raise ConfigError("tokenizer.pattern and tokenizer.special_tokens are for a tiktoken ranks file in tokenizer.path; "
-                          "a tokenizer.json carries its own, and training uses tokenizer.train")
-    if tiktoken_ranks:
-        pattern = cfg.tokenizer.pattern
-        if not pattern:
-            raise ConfigError(f"tokenizer.path {cfg.tokenizer.path} is a tiktoken ranks file (its name does not end in .json): "
-                              f"set tokenizer.pattern to its split regex ({' | '.join(PATTERNS)} or a regex)")
-        try:
-            regex.compile(PATTERNS.get(pattern, pattern))
-        except regex.error as e:
-            raise ConfigError(f"tokenizer.pattern does not compile: {e}") from None
-    if cfg.encode.enabled and (cfg.tokenizer.path is None or tiktoken_ranks):
-        specials = list(cfg.tokenizer.special_tokens if tiktoken_ranks else cfg.tokenizer.train.get("special_tokens") or [])
-        where = "tokenizer.special_tokens" if tiktoken_ranks else "tokenizer.train.special_tokens"
-        eod = cfg.encode.eod
-        if eod == "auto" and not any(t in specials for t in EOD_CANDIDATES):
-            raise ConfigError(f"encode.eod is auto but {where} has no end-of-text token ({', '.join(EOD_CANDIDATES)}); "
-                              "add one, give encode.eod as a token or an id, or set encode.eod: null")
-        for key, tok in (("eod", eod), ("bos", cfg.encode.bos)):
-            if isinstance(tok, str) and tok != "auto" and tok not in specials:
-                raise ConfigError(f"encode.{key}={tok!r} is not among {where} {specials}")
+def load_config(path: str, overrides: list[str] | None = None) -> RunConfig:
+    """Load, override and validate a config. Raises ConfigError with a readable message."""
+    return parse_config(load_raw(path, overrides))
 
 
-def parse_config(raw: dict[str, Any], check_inputs: bool = True) -> RunConfig:
+def parse_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate the config's shape and values. Rules that involve a step or an engine are
+    checked by them when a plan is made (pipelines.plan.check_config)."""
     try:
-        cfg = RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
-    if cfg.dedup_near.enabled:
-        from pipelines.steps.dedup_near import params_of
-
-        try:
-            params_of(cfg)  # the stage's own checks (e.g. seed range), before any work
-        except ValueError as e:
-            raise ConfigError(f"dedup_near: {e}") from None
-    if cfg.encode.enabled and not cfg.tokenizer.enabled:
-        raise ConfigError("encode.enabled needs a tokenizer: set tokenizer.enabled: true (and tokenizer.path to use an existing one)")
-    _check_tokenizer(cfg)
-    urls = [cfg.run_root, *cfg.input.paths]
-    if cfg.engine.kind == "ray" and any(u.startswith("memory://") for u in urls):
-        raise ConfigError("memory:// lives inside one process and Ray workers cannot see it; "
-                          "set engine.kind=local, or use a local path or object store URL")
-    if check_inputs:
-        from pipelines.io import expand_inputs
-
-        try:
-            expand_inputs(cfg.input.paths)
-        except FileNotFoundError as e:
-            raise ConfigError(f"input.paths: {e}") from None
-        except ImportError as e:
-            raise ConfigError(f"input.paths: the filesystem for this URL is not installed ({e}); "
-                              "install the extra, e.g. pip install 'tokenmill[s3]'") from None
-        if cfg.tokenizer.enabled and cfg.tokenizer.path:
-            from pipelines.io import exists
-
-            if not exists(cfg.tokenizer.path):
-                raise ConfigError(f"tokenizer.path: {cfg.tokenizer.path} does not exist; give an existing tokenizer.json "
-                                  "or tiktoken ranks file, or null to train one")
-    return cfg
 
 
 def stable_hash(obj: Any, length: int = 20) -> str:

@@ -14,10 +14,9 @@ import sys
 from itertools import pairwise
 from pathlib import PurePosixPath
 
-import fsspec
 import numpy as np
 
-from stages import megatron, shards
+from stages import megatron, shards, storage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,9 +74,9 @@ def _tokenizer_path(args, base: str, manifest: dict | None) -> str | None:
         return args.tokenizer
     if manifest and manifest.get("tokenizer", {}).get("path"):
         path = manifest["tokenizer"]["path"]
-        fs, local = fsspec.core.url_to_fs(path)
-        if not fs.exists(local) and "://" not in path and not path.startswith("/"):
-            path = f"{base.rstrip('/')}/{path}"  # a path relative to the shard directory
+        if "://" not in path and not path.startswith("/"):
+            # relative to the run root, which the manifest names relative to its own folder
+            path = storage.join(base, manifest.get("run_root", "."), path)
         return path
     return None
 
@@ -97,7 +96,7 @@ def _doc_ids(base: str, shard_name: str) -> dict[int, str]:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     base, manifest = _manifest_dir(args.prefix)
-    fs, path = fsspec.core.url_to_fs(args.prefix)
+    fs, path = storage.filesystem(args.prefix)
     if fs.exists(f"{path}.idx"):
         prefixes = [args.prefix]
     elif manifest is not None and base == args.prefix:

@@ -1,75 +1,129 @@
-"""Runs a plan: skip finished steps, run the others, write _SUCCESS.json last, summarize."""
+"""Runs the steps of a pinned plan: one step (`run_step`, what `tokenmill run-step` and each
+Airflow task do) or all of them in order (`run_plan`, what `tokenmill run` does).
+
+A step runs only when its inputs are finished and its pinned files are unchanged; it
+skips when its `_SUCCESS.json` exists; otherwise it resumes from its task records and
+writes `_SUCCESS.json` last, then removes its scratch.
+"""
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 
-from pipelines import io
-from pipelines.accounting import summarize
-from pipelines.config import RunConfig
 from pipelines.engines import Engine, make_engine
-from pipelines.plan import DOC_STEPS, PlannedStep, build_plan, resolve
-from pipelines.steps.base import SUCCESS, FinishedStep, StepContext
+from pipelines.inputs import PinnedFile, current
+from pipelines.plan import Plan, PlanError
+from pipelines.steps.base import SUCCESS, FinishedStep, StepContext, read_finished
+from stages import storage
 
 
 def log(msg: str) -> None:
     print(f"tokenmill: {msg}", file=sys.stderr, flush=True)
 
 
-def run_step(cfg: RunConfig, planned: PlannedStep, engine: Engine, finished: dict[str, FinishedStep]) -> FinishedStep:
-    step = planned.step
-    success_url = io.join(planned.url, SUCCESS)
-    if io.exists(success_url):
-        log(f"{step.name}: done already ({planned.url}), skipped")
-        remove_scratch(cfg, planned)  # in case a run was stopped while removing it
-        return FinishedStep(step.name, planned.version, planned.url, {**io.read_json(success_url), "skipped": True})
-    log(f"{step.name}: running -> {planned.url}")
-    ctx = StepContext(cfg=cfg, engine=engine, url=planned.url, inputs={n: finished[n] for n in step.inputs},
-                      version=planned.version, progress=cfg.progress)
+def check_pins(plan: Plan, name: str) -> None:
+    """The files this step reads are the ones the plan pinned; raise PlanError if not."""
+    step = plan.step_object(name)
+    replan = "re-plan (tokenmill plan CONFIG) so that the run reads one consistent set of files"
+    if step.reads_inputs:
+        for f in plan.inputs:
+            now = current(f)
+            if now is None:
+                raise PlanError(f"input file {f.url} is gone since the plan was made; {replan}")
+            if now.size != f.size:
+                raise PlanError(f"input file {f.url} changed since the plan was made (size {f.size:,} -> {now.size:,}); {replan}")
+            if now.fingerprint != f.fingerprint:
+                raise PlanError(f"input file {f.url} was modified since the plan was made; {replan}")
+    for key, url in step.dependencies(plan.cfg).items():
+        pinned = plan.files.get(key)
+        try:
+            now = PinnedFile.of(url)
+        except FileNotFoundError:
+            raise PlanError(f"{key}: {url} is gone since the plan was made; {replan}") from None
+        if pinned is None or now.sha256 != pinned.sha256:
+            raise PlanError(f"{key}: {url} has other content than when the plan was made; {replan}")
+
+
+def run_step(plan: Plan, name: str, engine: Engine) -> FinishedStep:
+    planned = plan.step(name)
+    step = plan.step_object(name)
+    url = plan.step_url(name)
+    success_url = storage.join(url, SUCCESS)
+    unfinished = [n for n in planned.inputs if not plan.done(n)]
+    if unfinished:
+        raise PlanError(f"step {name} reads {', '.join(unfinished)}, which {'is' if len(unfinished) == 1 else 'are'} not "
+                        f"finished; run `tokenmill run-step {plan.url} {unfinished[0]}` first")
+    if storage.exists(success_url):
+        log(f"{name}: done already ({url}), skipped")
+        remove_scratch(plan, name)  # in case a run was stopped while removing it
+        return read_finished(url, name)
+    check_pins(plan, name)
+    missing = set(planned.requires) - engine.capabilities
+    if missing:
+        raise PlanError(f"step {name} needs an engine with {', '.join(sorted(missing))}; engine {engine.name} has none")
+    log(f"{name}: running on {engine.name} -> {url}")
+    ctx = StepContext(cfg=plan.cfg, engine=engine, name=name, url=url, run_root=plan.run_root,
+                      inputs={n: read_finished(plan.step_url(n), n) for n in planned.inputs}, pins=plan.pins,
+                      version=planned.version, progress=plan.cfg.progress)
+    before = engine.stats()
     t0 = time.monotonic()
     payload = step.run(ctx)
+    seconds = round(time.monotonic() - t0, 3)
+    after = engine.stats()
     record = {
-        "step": step.name,
+        "step": name,
         "version": planned.version,
-        "config": step.version_config(cfg),
-        "inputs": {n: finished[n].version for n in step.inputs},
-        "seconds": round(time.monotonic() - t0, 3),
+        "plan": plan.hash,
+        "config": step.version_config(plan.cfg, plan.pins),
+        "inputs": {n: plan.step(n).version for n in planned.inputs},
+        "seconds": seconds,
+        "finished_at": time.time(),
+        "execution": {"engine": engine.name, "workers": engine.workers, "host": socket.gethostname(), "phases": ctx.phases,
+                      **{k: round(v - before.get(k, 0), 3) for k, v in after.items()}},
         **payload,
     }
-    io.atomic_write_json(success_url, record)
-    remove_scratch(cfg, planned)
-    return FinishedStep(step.name, planned.version, planned.url, record)
+    storage.atomic_write_json(success_url, record)
+    remove_scratch(plan, name)
+    log(f"{name}: done in {seconds:,.1f}s")
+    return FinishedStep(name, planned.version, url, record)
 
 
-def remove_scratch(cfg: RunConfig, planned: PlannedStep) -> None:
+def remove_scratch(plan: Plan, name: str) -> None:
     """Task records and shuffle scratch of a finished step (kept with output.keep_scratch)."""
-    if cfg.output.keep_scratch:
+    if plan.cfg.output.keep_scratch:
         return
-    for name in ("_tasks", *planned.step.scratch):
-        io.remove_tree(io.join(planned.url, name))
+    url = plan.step_url(name)
+    for sub in ("_tasks", *plan.step_object(name).scratch):
+        storage.remove_tree(storage.join(url, sub))
 
 
-def run(cfg: RunConfig, engine: Engine | None = None, until: str | None = None) -> dict:
-    steps = build_plan(cfg)
-    if until:
-        names = [s.name for s in steps]
+def run_plan(plan: Plan, engine: Engine | None = None, until: str | None = None) -> list[FinishedStep]:
+    """Every step of the plan in order (up to and including `until`)."""
+    names = plan.names
+    if until is not None:
         if until not in names:
-            raise ValueError(f"--until {until!r}: no such step; steps are {', '.join(names)}")
-        steps = steps[: names.index(until) + 1]
-    plan = resolve(cfg, steps)
-    own_engine = engine is None
-    engine = engine or make_engine(cfg.engine, cfg.progress)
+            raise PlanError(f"--until {until!r}: no such step; steps are {', '.join(names)}")
+        names = names[: names.index(until) + 1]
+    own = engine is None
+    engine = engine or make_engine(plan.cfg, plan.cfg.progress)
     try:
-        finished: dict[str, FinishedStep] = {}
-        for planned in plan:
-            finished[planned.step.name] = run_step(cfg, planned, engine, finished)
+        return [run_step(plan, n, engine) for n in names]
     finally:
-        if own_engine:
+        if own:
             engine.close()
-    doc_steps = [p.step.name for p in plan if type(p.step) in DOC_STEPS]
-    summary = summarize(list(finished.values()), doc_steps)
-    summary["engine"] = {"kind": engine.name, "workers": engine.workers}
-    io.atomic_write_json(io.join(cfg.run_root, "summary.json"), summary)
-    return summary
 
+
+def run(cfg, engine: Engine | None = None, until: str | None = None) -> dict | None:
+    """Plan (written under the run root) and run a config in this process; returns the
+    summary when the accounting step ran. For tests and notebooks; the CLI does the same."""
+    from pipelines.plan import make_plan, write_plan
+    from pipelines.steps.accounting import SUMMARY
+
+    plan = make_plan(cfg)
+    write_plan(plan)
+    finished = run_plan(plan, engine, until)
+    if finished and finished[-1].name == "accounting":
+        return storage.read_json(storage.join(finished[-1].url, SUMMARY))
+    return None

@@ -1,9 +1,9 @@
 """Byte-level BPE training with the exact semantics of tokenizers' BpeTrainer.
 
 Engine-free: word tables, the single-node trainer around the Cython kernel
-(native/bpe_merge.pyx), the SuperBPE curriculum and the output artifacts. The Ray adapter
-(pipelines/bpe_ray.py) reuses every piece here and only moves word tables and merge
-messages between processes.
+(native/bpe_merge.pyx), the sharded merge protocol, the SuperBPE curriculum and the output
+artifacts. The pipeline step (pipelines/steps/train_bpe.py) places these on tasks and
+actors and only moves word tables (as Arrow files) and merge messages between processes.
 
 Flow: sequences -> words (stages.pretokenize) -> word table (raw UTF-8 words, exact int64
 counts) -> alphabet + ids (HF order: special tokens, then the alphabet by code point) ->
@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from stages.pretokenize import (
     DIGIT_MODES,
@@ -64,15 +66,16 @@ class BpeConfig:
     initial_alphabet: str | tuple[str, ...] = "bytelevel"
     prune_below: int = 1     # drop words seen fewer times after the reduce (1 = keep all)
     superbpe: SuperBpeConfig | None = None
-    merge_mode: str = "single"          # "single" | "sharded" (Ray only)
-    max_partition_mb: int = 8192        # per-actor word-table cap (clear error past it)
+    merge_mode: str = "single"          # "single" | "sharded" (needs an engine with actors: Ray)
+    max_partition_mb: int = 8192        # per-partition word-table cap (clear error past it)
+    partitions: int | None = None       # hash partitions of the word table; None: from the data
     export_merge_free: bool = False
     record_mixture: bool = False
 
     _KEYS = (
         "vocab_size", "preset", "digits", "pattern", "min_frequency", "max_token_length",
         "special_tokens", "limit_alphabet", "initial_alphabet", "prune_below", "superbpe",
-        "merge_mode", "max_partition_mb", "export_merge_free", "record_mixture",
+        "merge_mode", "max_partition_mb", "partitions", "export_merge_free", "record_mixture",
     )
 
     @classmethod
@@ -111,6 +114,8 @@ class BpeConfig:
         need_int("min_frequency", self.min_frequency, 0)
         need_int("prune_below", self.prune_below, 1)
         need_int("max_partition_mb", self.max_partition_mb, 1)
+        if self.partitions is not None:
+            need_int("partitions", self.partitions, 1)
         if self.max_token_length is not None:
             need_int("max_token_length", self.max_token_length, 1)
         if self.limit_alphabet is not None:
@@ -213,6 +218,41 @@ class WordTable:
         for t in tables:
             acc.add_packed(t.data, t.offsets, t.counts)
         return cls(*acc.packed(min_count))
+
+    @classmethod
+    def concat(cls, tables: Sequence["WordTable"]) -> "WordTable":
+        """Tables with disjoint words (hash partitions) as one table."""
+        tables = [t for t in tables if len(t)]
+        if not tables:
+            return cls.empty()
+        if len(tables) == 1:
+            return tables[0]
+        lengths = np.concatenate([np.diff(t.offsets) for t in tables])
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(np.concatenate([t.data for t in tables]), offsets, np.concatenate([t.counts for t in tables]))
+
+    def to_arrow(self) -> pa.Table:
+        """(word: large_binary, count: int64), zero-copy from the packed arrays."""
+        words = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(self),
+                                                 [None, pa.py_buffer(self.offsets), pa.py_buffer(self.data)])
+        return pa.table({"word": words, "count": pa.array(self.counts, pa.int64())})
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> "WordTable":
+        if table.num_rows == 0:
+            return cls.empty()
+        words = table.column("word").combine_chunks().cast(pa.large_binary())
+        _, off_buf, data_buf = words.buffers()
+        offsets = np.frombuffer(off_buf, dtype=np.int64)[words.offset: words.offset + len(words) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]: offsets[-1]]
+        counts = table.column("count").to_numpy()
+        return cls(data, offsets - offsets[0], counts)
+
+    def sorted(self) -> "WordTable":
+        """The same words in byte order: a canonical layout, so equal tables are equal files."""
+        t = self.to_arrow()
+        return WordTable.from_arrow(t.take(pc.sort_indices(t, sort_keys=[("word", "ascending")])))
 
     def partition(self, n_parts: int) -> list["WordTable"]:
         from native.bpe_pretok import partition_packed

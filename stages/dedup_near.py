@@ -604,39 +604,52 @@ def cc_task(task: CCTask) -> CCResult:
 MapFn = Callable[[Callable[[Any], Any], list], Any]
 
 
+def component_rounds(run_phase: Callable[[str, int], list[bool]], max_rounds: int = 200) -> int:
+    """The round structure of the components algorithm, independent of where pieces live.
+
+    `run_phase(phase, round)` runs every partition's `cc_task` of that phase on the pieces
+    the previous phase addressed to it, and returns their `changed` flags. Phases: "route"
+    (round 0), then "large" and "small" per round until neither changes anything, then
+    "labels". Returns the last round. Raises RuntimeError if the graph has not converged
+    after `max_rounds` rounds (the algorithm needs O(log^2 n) rounds; a few in practice).
+    """
+    run_phase("route", 0)
+    for rnd in range(1, max_rounds + 1):
+        large = run_phase("large", rnd)
+        small = run_phase("small", rnd)
+        if not any(large) and not any(small):
+            run_phase("labels", rnd)
+            return rnd
+    raise RuntimeError(f"connected_components: not converged after {max_rounds} rounds")
+
+
 def connected_components(edge_parts: list, map_fn: MapFn = map, num_partitions: int = 1,
                          max_rounds: int = 200) -> list:
-    """Component label (smallest ord in the component) of every node that has an edge.
+    """Component label (smallest ord in the component) of every node that has an edge,
+    with the pieces held in memory (the pipeline step keeps them in files instead).
 
     edge_parts: tables with columns src, dst (any extra columns are ignored), any number.
-    map_fn(fn, items) -> results in item order; the builtin `map` or an engine's parallel
-    map. Each phase is one map whose results the driver regroups by destination partition
-    (a shuffle): the driver holds only piece handles and one bool per task.
+    map_fn(fn, items) -> results in item order; the builtin `map` or a parallel map. Each
+    phase is one map whose results are regrouped by destination partition (a shuffle).
     Returns `num_partitions` (node, label) tables (or whatever map_fn returns for them),
     each node in exactly one. Deterministic: labels do not depend on partitioning.
-    Raises RuntimeError if the graph has not converged after `max_rounds` rounds (the
-    algorithm needs O(log^2 n) rounds; a few in practice).
     """
     if num_partitions < 1:
         raise ValueError(f"connected_components: num_partitions must be >= 1, got {num_partitions}")
     P = num_partitions
+    state: dict[str, list] = {"inputs": [[e] for e in edge_parts] or [[]]}
 
-    def run(phase: str, rnd: int, inputs: list[list]) -> list[CCResult]:
-        tasks = [CCTask(phase, rnd, j, inputs[j], P) for j in range(len(inputs))]
-        return list(map_fn(cc_task, tasks))
+    def run_phase(phase: str, rnd: int) -> list[bool]:
+        tasks = [CCTask(phase, rnd, j, state["inputs"][j], P) for j in range(len(state["inputs"]))]
+        results = list(map_fn(cc_task, tasks))
+        if phase == "labels":
+            state["labels"] = [r.pieces[0] for r in results]
+        else:
+            state["inputs"] = [[res.pieces[j] for res in results] for j in range(P)]
+        return [r.changed for r in results]
 
-    def regroup(results: list[CCResult]) -> list[list]:
-        return [[res.pieces[j] for res in results] for j in range(P)]
-
-    routed = run("route", 0, [[e] for e in edge_parts] or [[]])
-    pieces = regroup(routed)
-    for rnd in range(1, max_rounds + 1):
-        large = run("large", rnd, pieces)
-        small = run("small", rnd, regroup(large))
-        pieces = regroup(small)
-        if not any(r.changed for r in large) and not any(r.changed for r in small):
-            return [r.pieces[0] for r in run("labels", rnd, pieces)]
-    raise RuntimeError(f"connected_components: not converged after {max_rounds} rounds")
+    component_rounds(run_phase, max_rounds)
+    return state["labels"]
 
 
 # ----------------------------------------------------------------------------- keepers

@@ -47,10 +47,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 
-import fsspec
 import numpy as np
 
 from stages.pretokenize import preset_pattern, unicode_to_bytes
+from stages.storage import atomic_write_bytes, read_bytes
 
 # The split regexes are the pre-tokenizer's presets (one definition, in stages.pretokenize).
 GPT2_PATTERN = preset_pattern("gpt2")
@@ -85,8 +85,7 @@ def byte_level_to_bytes(token: str) -> bytes | None:
 
 
 def _read_text(path: str, storage_options: dict | None = None) -> str:
-    with fsspec.open(path, "rt", encoding="utf-8", **(storage_options or {})) as handle:
-        return handle.read()
+    return read_bytes(path, storage_options).decode("utf-8")
 
 
 def read_tiktoken_ranks(path: str, storage_options: dict | None = None) -> dict[bytes, int]:
@@ -107,8 +106,7 @@ def write_tiktoken_ranks(path: str, ranks: dict[bytes, int]) -> None:
     """Write `ranks` in tiktoken's file format, sorted by rank."""
     lines = [f"{base64.b64encode(tok).decode()} {rank}\n" for tok, rank in
              sorted(ranks.items(), key=lambda kv: kv[1])]
-    with fsspec.open(path, "wt", encoding="utf-8") as handle:
-        handle.writelines(lines)
+    atomic_write_bytes(path, "".join(lines).encode("utf-8"))
 
 
 def _merge_pairs(model: dict) -> list[tuple[str, str]]:

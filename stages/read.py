@@ -17,6 +17,9 @@ Quarantine reasons (each counted in the run summary):
   too_long         text over max_doc_bytes (UTF-8)
   truncated_file   a compressed file ended early or is corrupt; the unreadable remainder
                    counts as one quarantined record at the position where reading stopped
+
+Plain text input (format "text"): every line, its line ending included, is a document,
+blank lines too, as Hugging Face's file trainer reads a text file.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ def format_of(name: str) -> str:
     codec = codec_of(name)
     if codec:
         base = name.rsplit(".", 1)[0]
-    if base.endswith(".parquet") or base.endswith(".pq"):
+    if base.endswith((".parquet", ".pq")):
         return "parquet"
+    if base.endswith((".txt", ".text")):
+        return "text"
     return "jsonl"
 
 
@@ -144,7 +149,17 @@ class DocBuilder:
             return self.quarantine(line_no, "bad_json", f"JSON value is a {type(record).__name__}, not an object", raw)
         self.add_record(line_no, record, raw, len(raw))
 
-    def add_record(self, position: int, record: dict, raw: bytes | None, nbytes: int) -> None:
+    def add_text_line(self, line_no: int, raw: bytes) -> None:
+        """One line of a plain text file (line ending included) as one document."""
+        if b"\x00" in raw:
+            return self.quarantine(line_no, "nul_byte", "raw NUL byte in line", raw)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return self.quarantine(line_no, "invalid_utf8", str(e), raw)
+        self.add_record(line_no, {self.spec.text_field: text}, raw, len(raw), allow_blank=True)
+
+    def add_record(self, position: int, record: dict, raw: bytes | None, nbytes: int, allow_blank: bool = False) -> None:
         spec = self.spec
 
         def reject(reason: str, detail: str) -> None:
@@ -163,7 +178,7 @@ class DocBuilder:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError as e:  # lone surrogates from JSON escapes
             return reject("invalid_utf8", str(e))
-        if not text.strip():
+        if not text or (not allow_blank and not text.strip()):
             return reject("empty_text", "text is empty or whitespace")
         if size > spec.max_doc_bytes:
             return reject("too_long", f"{size} bytes > max_doc_bytes={spec.max_doc_bytes}")
@@ -192,11 +207,11 @@ class DocBuilder:
         return docs, quarantine, self.counters
 
 
-def iter_range_lines(f: IO[bytes], start: int, end: int) -> Iterator[tuple[int, bytes]]:
+def iter_range_lines(f: IO[bytes], start: int, end: int, keep_ends: bool = False) -> Iterator[tuple[int, bytes]]:
     """Lines of an uncompressed stream whose first byte lies in [start, end).
 
-    Yields (offset_of_line_start, line_without_newline). A line belongs to the range in
-    which it starts, so adjacent ranges never share or lose a line.
+    Yields (offset_of_line_start, line without its line ending, unless `keep_ends`). A line
+    belongs to the range in which it starts, so adjacent ranges never share or lose a line.
     """
     pos = start
     if start > 0:
@@ -210,7 +225,7 @@ def iter_range_lines(f: IO[bytes], start: int, end: int) -> Iterator[tuple[int, 
         line = f.readline()
         if not line:
             break
-        yield pos, line.rstrip(b"\r\n") if line.endswith(b"\n") else line
+        yield pos, line if keep_ends or not line.endswith(b"\n") else line.rstrip(b"\r\n")
         pos += len(line)
 
 
@@ -262,12 +277,14 @@ def _plain_chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield block
 
 
-def iter_stream_lines(f: IO[bytes], codec: str | None) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, line) over a whole, possibly compressed, stream.
+def iter_stream_lines(f: IO[bytes], codec: str | None, keep_ends: bool = False) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line) over a whole, possibly compressed, stream; lines without
+    their line ending, unless `keep_ends`.
 
     On a truncated or corrupt stream, yields every complete line first, then the partial
     last line (it will fail JSON parsing and be quarantined), then raises TruncatedInput.
     """
+    end = b"\n" if keep_ends else b""
     chunks = {"zstd": _zstd_chunks, "gzip": _gzip_chunks, None: _plain_chunks}[codec](f)
     line_no = 0
     pending = b""
@@ -277,7 +294,7 @@ def iter_stream_lines(f: IO[bytes], codec: str | None) -> Iterator[tuple[int, by
             pending = pieces.pop()
             for piece in pieces:
                 line_no += 1
-                yield line_no, piece.rstrip(b"\r")
+                yield line_no, piece + end if keep_ends else piece.rstrip(b"\r")
     except TruncatedInput:
         if pending:
             line_no += 1
@@ -285,24 +302,27 @@ def iter_stream_lines(f: IO[bytes], codec: str | None) -> Iterator[tuple[int, by
         raise TruncatedInput(line_no + 1) from None
     if pending:
         line_no += 1
-        yield line_no, pending.rstrip(b"\r")
+        yield line_no, pending if keep_ends else pending.rstrip(b"\r")
 
 
-def read_jsonl_stream(f: IO[bytes], codec: str | None, builder: DocBuilder) -> None:
-    """Read a whole stream into the builder; a truncated stream adds a truncated_file record."""
+def read_jsonl_stream(f: IO[bytes], codec: str | None, builder: DocBuilder, text: bool = False) -> None:
+    """Read a whole stream into the builder (JSONL, or plain `text` lines); a truncated
+    stream adds a truncated_file record."""
+    add = builder.add_text_line if text else builder.add_jsonl_line
     try:
-        for line_no, raw in iter_stream_lines(f, codec):
-            builder.add_jsonl_line(line_no, raw)
+        for line_no, raw in iter_stream_lines(f, codec, keep_ends=text):
+            add(line_no, raw)
     except TruncatedInput as e:
         position = e.args[0]
         builder.quarantine(position, "truncated_file", f"{codec or 'plain'} stream unreadable from line {position} on", None)
 
 
-def read_jsonl_range(f: IO[bytes], start: int, end: int, first_line_no: int, builder: DocBuilder) -> None:
+def read_jsonl_range(f: IO[bytes], start: int, end: int, first_line_no: int, builder: DocBuilder, text: bool = False) -> None:
     """Read the lines of an uncompressed file that start in [start, end)."""
+    add = builder.add_text_line if text else builder.add_jsonl_line
     line_no = first_line_no
-    for _, raw in iter_range_lines(f, start, end):
-        builder.add_jsonl_line(line_no, raw)
+    for _, raw in iter_range_lines(f, start, end, keep_ends=text):
+        add(line_no, raw)
         line_no += 1
 
 

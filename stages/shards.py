@@ -361,6 +361,41 @@ class InOrderShardWriter:
 
 
 # -- document index ----------------------------------------------------------------------
+DOC_INDEX_SCHEMA = pa.schema([("shard", pa.string()), ("doc_index", pa.int64()), ("doc_id", pa.string()),
+                              ("token_start", pa.int64()), ("tokens", pa.int64())])
+
+
+def doc_index_piece(out_dir: str, name: str, doc_ids: Sequence, storage_options: dict | None = None) -> pa.Table:
+    """The ``documents.parquet`` rows of shard `name`: its documents' source ids in shard
+    order, with token ranges read from the shard's own index (so they hold for expanded
+    streams too)."""
+    reader = megatron.MegatronReader(join(out_dir, name), storage_options)
+    try:
+        lengths = np.asarray(reader.lengths, dtype=np.int64)
+    finally:
+        reader.close()
+    if lengths.size != len(doc_ids):
+        raise ValueError(f"shard {name} holds {lengths.size} documents but {len(doc_ids)} ids were given")
+    return pa.table({
+        "shard": pa.array([name] * lengths.size, pa.string()),
+        "doc_index": pa.array(np.arange(lengths.size, dtype=np.int64)),
+        "doc_id": pa.array([str(d) for d in doc_ids], pa.string()),
+        "token_start": pa.array(np.cumsum(lengths) - lengths),
+        "tokens": pa.array(lengths),
+    }, schema=DOC_INDEX_SCHEMA)
+
+
+def write_doc_index_table(out_dir: str, pieces: Iterable[pa.Table], storage_options: dict | None = None) -> str:
+    """Write ``documents.parquet`` from `doc_index_piece` tables, in the order given."""
+    pieces = list(pieces)
+    table = pa.concat_tables(pieces) if pieces else DOC_INDEX_SCHEMA.empty_table()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    url = join(out_dir, DOC_INDEX_NAME)
+    atomic_write_bytes(url, sink.getvalue().to_pybytes(), storage_options)
+    return url
+
+
 def write_doc_index(
     out_dir: str,
     shard_docs: Iterable[tuple[str, Sequence]],
@@ -368,38 +403,10 @@ def write_doc_index(
 ) -> str:
     """Write ``documents.parquet``: (shard, doc_index, doc_id, token_start, tokens) rows.
 
-    `shard_docs` gives each shard's name and its documents' source ids in shard order;
-    token ranges come from the shard's own index, so they hold for expanded streams too.
+    `shard_docs` gives each shard's name and its documents' source ids in shard order.
     """
-    names, positions, ids, starts, counts = [], [], [], [], []
-    for name, doc_ids in shard_docs:
-        reader = megatron.MegatronReader(join(out_dir, name), storage_options)
-        lengths = np.asarray(reader.lengths, dtype=np.int64)
-        if lengths.size != len(doc_ids):
-            raise ValueError(
-                f"shard {name} holds {lengths.size} documents but {len(doc_ids)} ids were given"
-            )
-        names.append(np.full(lengths.size, name, dtype=object))
-        positions.append(np.arange(lengths.size, dtype=np.int64))
-        ids.extend(str(d) for d in doc_ids)
-        starts.append(np.cumsum(lengths) - lengths)
-        counts.append(lengths)
-        reader.close()
-    cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)
-    table = pa.table(
-        {
-            "shard": pa.array(cat(names, object), pa.string()),
-            "doc_index": pa.array(cat(positions, np.int64), pa.int64()),
-            "doc_id": pa.array(ids, pa.string()),
-            "token_start": pa.array(cat(starts, np.int64), pa.int64()),
-            "tokens": pa.array(cat(counts, np.int64), pa.int64()),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    url = join(out_dir, DOC_INDEX_NAME)
-    atomic_write_bytes(url, sink.getvalue().to_pybytes(), storage_options)
-    return url
+    return write_doc_index_table(
+        out_dir, (doc_index_piece(out_dir, name, ids, storage_options) for name, ids in shard_docs), storage_options)
 
 
 def read_doc_index(out_dir: str, storage_options: dict | None = None) -> pa.Table:

@@ -16,7 +16,7 @@ def summary(run_root: Path) -> dict:
 
 def step_dirs(run_root: Path) -> dict[str, Path]:
     s = summary(run_root)
-    return {name: Path(info["url"]) for name, info in s["steps"].items()}
+    return {name: run_root / info["path"] for name, info in s["steps"].items()}
 
 
 def read_kind(step_dir: Path, kind: str) -> pa.Table:
@@ -37,10 +37,16 @@ def quarantine(run_root: Path) -> pa.Table:
     return read_kind(step_dirs(run_root)["read"], "quarantine")
 
 
+def summary_without_execution(path: Path) -> dict:
+    s = json.loads(path.read_text())
+    s.pop("execution")
+    return s
+
+
 def data_checksums(run_root: Path) -> dict[str, str]:
     """sha256 of every output file of every step: Parquet parts, shuffle scratch (Arrow IPC), tokenizer files, shards,
-    doc index, manifest. Left out: task records, _SUCCESS.json and training_stats.json
-    (they hold timings), and the manifest's tokenizer path (it names the run root)."""
+    doc index, manifest, and the summary without its `execution` section (engines and timings).
+    Left out: task records, _SUCCESS.json and training_stats.json (they hold timings)."""
     out = {}
     wanted = {".parquet", ".arrow", ".bin", ".idx", ".txt", ".tiktoken"}
     for name, d in step_dirs(run_root).items():
@@ -48,10 +54,10 @@ def data_checksums(run_root: Path) -> dict[str, str]:
             rel = f.relative_to(d)
             if not f.is_file() or rel.parts[0] == "_tasks":
                 continue
-            if f.suffix in wanted or f.name in ("tokenizer.json", "vocab.json", "tiktoken.json") or f.name.endswith(".done.json"):
+            if (f.suffix in wanted or f.name in ("tokenizer.json", "vocab.json", "tiktoken.json", "manifest.json")
+                    or f.name.endswith(".done.json")):
                 out[f"{name}/{rel}"] = hashlib.sha256(f.read_bytes()).hexdigest()
-            elif f.name == "manifest.json":
-                m = json.loads(f.read_text())
-                m["tokenizer"].pop("path")
-                out[f"{name}/{rel}"] = hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+            elif f.name == "summary.json":
+                body = json.dumps(summary_without_execution(f), sort_keys=True).encode()
+                out[f"{name}/{rel}"] = hashlib.sha256(body).hexdigest()
     return out

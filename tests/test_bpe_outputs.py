@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest_bpe import DEV, dev_docs, handbook_docs
-from pipelines.bpe_job import main, train_bpe_step
+from pipelines.bpe_cli import main
 
 SPECIALS = ["<|endoftext|>", "<|pad|>"]
 
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
 
 def test_files_exist_and_no_temp_left(trained):
     out, _ = trained
-    names = sorted(os.listdir(out))
+    names = sorted(n for n in os.listdir(out) if n != "_run")  # _run: the run's own steps (resume)
     assert names == sorted(["tokenizer.json", "merges.txt", "vocab.json", "tokenizer.tiktoken", "tiktoken.json",
                             "training_stats.json", "vocab_merge_free.json", "tokenizer_merge_free.json"])
 
@@ -135,15 +135,17 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "missing*.jsonl"), "--vocab-size", "300", "--out", str(tmp_path)]) == 2
 
 
-def test_pipeline_step_on_parquet(tmp_path):
+def test_parquet_input_and_bad_records_are_quarantined(tmp_path, capsys):
     docs = list(dev_docs("postgresql-doc-15")[:200])
-    urls = []
     for i in range(2):
-        p = tmp_path / f"part-{i}.parquet"
+        p = tmp_path / "in" / f"part-{i}.parquet"
+        p.parent.mkdir(exist_ok=True)
         pq.write_table(pa.table({"id": list(range(i, len(docs), 2)), "text": docs[i::2]}), p)
-        urls.append(str(p))
-    result = train_bpe_step(urls, "text", {"vocab_size": 2000, "preset": "gpt2"}, str(tmp_path / "out"), workers=0)
-    assert result["vocab"] == 2000
-    assert "tokenizer.json" in result["files"]
-    tok = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    (tmp_path / "in" / "bad.jsonl").write_text('{"text": "fine text"}\nnot json\n{"body": 1}\n')
+    out = tmp_path / "out"
+    assert main(["--input", str(tmp_path / "in"), "--vocab-size", "2000", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "quarantined 2 records (bad_json 1, missing_text 1)" in printed  # counted and named, not skipped
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert tok.get_vocab_size() == 2000
     assert tok.decode(tok.encode(docs[0]).ids) == docs[0]

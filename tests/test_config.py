@@ -7,7 +7,7 @@ import yaml
 
 from conftest import tokenmill
 from pipelines.config import ConfigError, apply_overrides, load_config, parse_config
-from pipelines.plan import resolve
+from pipelines.plan import make_plan
 
 
 def _write(tmp_path, raw) -> str:
@@ -68,12 +68,13 @@ def test_set_overrides_any_key(tmp_path, laptop_raw):
 
 
 def _versions(raw) -> dict[str, str]:
-    return {p.step.name: p.version for p in resolve(parse_config(raw))}
+    return {p.name: p.version for p in make_plan(parse_config(raw)).steps}
 
 
 # Field by field: which config change moves which step's output path. A change moves the
 # named step and, through the input versions, every step downstream of it; None: nothing.
-ORDER = ["read", "normalize", "langid", "dedup_exact", "dedup_near", "write", "train_bpe", "encode", "write_shards"]
+ORDER = ["read", "normalize", "langid", "dedup_exact", "dedup_near", "write", "train_bpe", "encode", "write_shards",
+         "accounting"]
 
 
 @pytest.mark.parametrize("key, value, first_moved", [

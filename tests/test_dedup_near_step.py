@@ -32,9 +32,7 @@ def test_step_matches_local_reference(tmp_path, laptop_raw, verify):
     summary = run(cfg)
     steps = summary["steps"]
     assert summary["invariant"]["holds"]
-    from pathlib import Path
-
-    near_dir, exact_dir = Path(steps["dedup_near"]["url"]), Path(steps["dedup_exact"]["url"])
+    near_dir, exact_dir = tmp_path / "run" / steps["dedup_near"]["path"], tmp_path / "run" / steps["dedup_exact"]["path"]
     assert len(list((exact_dir / "docs").glob("*.parquet"))) > 20  # many parts
     assert len(list((near_dir / "bands").glob("bucket-*"))) > 10  # many buckets
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines import io
+from stages import storage as io
 from pipelines.steps import encode as encode_step
 from stages.encode import Encoder, arrow_to_flat
 from test_shards import load_records, train_tokenizer
@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
 def run_task(tmp, tok, docs, mode, name, **stochastok):
     st = {"mode": mode, "p": 0.1, "max_num_to_expand": None, "seed": 3, **stochastok}
     out = tmp / name
-    res = encode_step.encode_task(str(out), 0, docs, 0, encode_step.TokenizerSource(tok), "auto", None, st, "zstd")
+    res = encode_step.encode_task(str(out), 0, docs, 0, encode_step.TokenizerSource(tok).to_args(), "auto", None, st, "zstd")
     return io.read_parquet(str(out / "tokens" / "part-00000.parquet")), res
 
 

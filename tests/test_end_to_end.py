@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from conftest import REPO, tokenmill
-from helpers_runs import all_dropped, output_docs, quarantine, summary
+from helpers_runs import all_dropped, output_docs, quarantine, step_dirs, summary
 
 EXPECTED = json.loads((REPO / "data" / "sample-expected.json").read_text())
 
@@ -113,8 +113,7 @@ def test_tokenizer_trained_on_the_cleaned_documents(sample_run):
 
     from tokenizers import Tokenizer
 
-    steps = summary(sample_run[0])["steps"]
-    tok_dir = Path(steps["train_bpe"]["url"])
+    tok_dir = step_dirs(sample_run[0])["train_bpe"]
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     assert tok.get_vocab_size() == 8192
     text = output_docs(sample_run[0]).column("text")[0].as_py()
@@ -127,20 +126,18 @@ def test_finished_steps_keep_only_their_outputs(sample_run):
 
     run_root, _, _, _ = sample_run
     outputs = {"docs", "dropped", "quarantine", "tokens"}  # subfolders a step hands on
-    for name, step in summary(run_root)["steps"].items():
-        folders = {p.name for p in Path(step["url"]).iterdir() if p.is_dir()}
+    for name, step_dir in step_dirs(run_root).items():
+        folders = {p.name for p in step_dir.iterdir() if p.is_dir()}
         assert folders <= outputs, (name, folders - outputs)
-        assert (Path(step["url"]) / "_SUCCESS.json").exists()
+        assert (step_dir / "_SUCCESS.json").exists()
 
 
 def test_keep_scratch_keeps_task_records_and_shuffles(make_config):
     cfg = make_config("scratch", engine={"kind": "local"}, output={"compression": "zstd", "keep_scratch": True},
                       tokenizer={"enabled": False}, encode={"enabled": False})
     tokenmill("run", str(cfg))
-    steps = summary(cfg.parent / "run-scratch")["steps"]
-    from pathlib import Path
-
-    exact = {p.name for p in Path(steps["dedup_exact"]["url"]).iterdir()}
-    near = {p.name for p in Path(steps["dedup_near"]["url"]).iterdir()}
+    steps = step_dirs(cfg.parent / "run-scratch")
+    exact = {p.name for p in steps["dedup_exact"].iterdir()}
+    near = {p.name for p in steps["dedup_near"].iterdir()}
     assert {"_tasks", "hashes", "keys", "dups"} <= exact
     assert {"_tasks", "bands", "edges", "verified", "labels"} <= near

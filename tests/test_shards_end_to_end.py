@@ -14,7 +14,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import tokenmill
-from helpers_runs import output_docs, summary
+from helpers_runs import output_docs, step_dirs, summary
 from stages.shards import read_doc_index, verify_manifest
 from test_megatron_format import read_local
 
@@ -22,10 +22,9 @@ from test_megatron_format import read_local
 @pytest.fixture(scope="module")
 def shards(reference_run):
     run_root = reference_run[0]
-    steps = summary(run_root)["steps"]
-    out = Path(steps["write_shards"]["url"])
+    out = step_dirs(run_root)["write_shards"]
     manifest = json.loads((out / "manifest.json").read_text())
-    tok = Tokenizer.from_file(manifest["tokenizer"]["path"])
+    tok = Tokenizer.from_file(str(out / manifest["run_root"] / manifest["tokenizer"]["path"]))
     texts = dict(zip(*(output_docs(run_root).column(c).to_pylist() for c in ("id", "text"))))
     index = read_doc_index(str(out)).to_pylist()
     return out, manifest, tok, texts, index
@@ -114,8 +113,8 @@ def test_expand_mode_in_document_order(make_config, shards):
                       shards={"shuffle": False})
     run_root = cfg.parent / "run-expand"
     tokenmill("run", str(cfg))
-    steps = summary(run_root)["steps"]
-    encoded = sorted(Path(steps["encode"]["url"]).glob("tokens/part-*.parquet"))
+    steps = step_dirs(run_root)
+    encoded = sorted(steps["encode"].glob("tokens/part-*.parquet"))
     names = set()
     order = []
     for part in encoded:
@@ -123,7 +122,7 @@ def test_expand_mode_in_document_order(make_config, shards):
         names.update(schema.names)
         order += pq.read_table(part, columns=["id"]).column("id").to_pylist()
     assert "stochastok" in names and "n_tokens" in names and "tokens" not in names
-    out = Path(steps["write_shards"]["url"])
+    out = steps["write_shards"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert verify_manifest(str(out)) == []
     assert {r["stream"] for r in manifest["shards"]} == {"stochastok"}
@@ -138,13 +137,13 @@ def test_tiktoken_ranks_file_gives_the_same_shards(make_config, reference_run, s
     """tokenizer.path may be a tiktoken ranks file (with its pattern and special tokens): the
     train step's own ranks export, given that way, writes byte-identical shards."""
     run_root = reference_run[0]
-    trained = Path(summary(run_root)["steps"]["train_bpe"]["url"])
+    trained = step_dirs(run_root)["train_bpe"]
     ranks_info = json.loads((trained / "tiktoken.json").read_text())
     cfg = make_config("ranks", engine={"kind": "local"},
                       tokenizer={"path": str(trained / ranks_info["ranks_file"]), "pattern": ranks_info["pattern"],
                                  "special_tokens": ranks_info["special_tokens"]})
     tokenmill("run", str(cfg))
-    out = Path(summary(cfg.parent / "run-ranks")["steps"]["write_shards"]["url"])
+    out = step_dirs(cfg.parent / "run-ranks")["write_shards"]
     ref_out = shards[0]
     names = sorted(p.name for p in ref_out.glob("*.bin")) + sorted(p.name for p in ref_out.glob("*.idx"))
     assert names and sorted(p.name for p in out.glob("*.bin")) + sorted(p.name for p in out.glob("*.idx")) == names

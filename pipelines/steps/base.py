@@ -1,13 +1,16 @@
-"""The step contract: how a step is versioned, where it writes, how it resumes.
+"""The step contract: how a step is checked, versioned, run in phases of tasks, resumed.
 
 A step writes under `<run_root>/<name>/<version>/`, where `version` hashes the config
-fields that change its result and the versions of its inputs. It is finished when
-`_SUCCESS.json` exists there; that file is written last and atomically and holds the
-counters and the list of parts with their row counts and checksums.
+fields that change its result, the pinned files it depends on and the versions of its
+inputs. It is finished when `_SUCCESS.json` exists there; that file is written last and
+atomically (by pipelines.runner) and holds the counters, the list of parts with their row
+counts and checksums, and an `execution` record (engine, seconds per phase).
 
-Inside a step, work is split into tasks; each task writes its files atomically and then
-a task record `_tasks/<phase>-<index>.json`. A rerun after a crash reuses every task that
-has a record and redoes the others, so a killed run loses at most the tasks in flight.
+A step is a sequence of phases; a phase is a list of tasks (pipelines.tasks) run on the
+engine. Each task writes its files atomically and then its record
+`_tasks/<phase>-<index>.json`; a rerun after a crash reuses every task that has a record
+and redoes the others, so a killed run loses at most the tasks in flight. The step reads
+its results from the records only.
 
 Task records and a step's shuffle scratch (`Step.scratch`) are needed only until the step
 is finished: the runner removes them once `_SUCCESS.json` is written (unless
@@ -21,7 +24,7 @@ Layout of a document-producing step's folder:
 
 from __future__ import annotations
 
-import time
+import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,15 +32,26 @@ from typing import Callable
 
 import pyarrow as pa
 
-from pipelines import io
 from pipelines.config import RunConfig, stable_hash
 from pipelines.engines import Engine
+from pipelines.inputs import InputFile, PinnedFile
+from pipelines.progress import Progress
+from pipelines.tasks import Task, clear_errors, finished
+from stages import storage
 
 SUCCESS = "_SUCCESS.json"
 
 
 def part_name(i: int) -> str:
     return f"part-{i:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class Pins:
+    """What a plan pinned: its input files and the files steps depend on (by name)."""
+
+    inputs: tuple[InputFile, ...] = ()
+    files: dict[str, PinnedFile] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,26 +69,77 @@ class FinishedStep:
 
     def part_urls(self) -> list[tuple[int, str]]:
         """(part index, URL) of every document part, in part order."""
-        return [(p["part"], io.join(self.url, p["path"])) for p in self.parts]
+        return [(p["part"], storage.join(self.url, p["path"])) for p in self.parts]
+
+    @property
+    def rows(self) -> int:
+        return sum(p["rows"] for p in self.parts)
 
 
 @dataclass
 class StepContext:
     cfg: RunConfig
     engine: Engine
+    name: str
     url: str
+    run_root: str
     inputs: dict[str, FinishedStep]
+    pins: Pins
     version: str = ""
     progress: bool = True
+    phases: dict[str, dict] = field(default_factory=dict)
 
     @property
     def compression(self) -> str:
         return self.cfg.output.compression
 
+    def relative(self, url: str) -> str:
+        """A URL under the run root as a path relative to it (what records and manifests
+        store, so a run means the same wherever it lives); other URLs as they are."""
+        try:
+            return storage.relative_to(url, self.run_root)
+        except ValueError:
+            return url
+
+    def resolve(self, path: str) -> str:
+        """The URL of a path a record stores (see `relative`)."""
+        return path if "://" in path or os.path.isabs(path) else storage.join(self.run_root, path)
+
     def input_docs(self) -> FinishedStep:
         """The single upstream step whose documents this step consumes."""
         (only,) = self.inputs.values()
         return only
+
+    def run_phase(self, fn: Callable[..., dict], phase: str, args_list: list[dict], desc: str | None = None) -> list[dict]:
+        """Run one phase: reuse the tasks that have records, run the rest on the engine,
+        return every task's record in task order."""
+        tasks = [Task.of(fn, self.url, phase, i, a) for i, a in enumerate(args_list)]
+        records = finished(tasks)
+        todo = [t for i, t in enumerate(tasks) if i not in records]
+        if todo:
+            clear_errors(todo)
+            label = desc or f"{self.name}: {phase}"
+            bar = Progress(f"{label} ({len(records)} resumed)" if records else label, len(todo), self.progress)
+
+            def on_done(task: Task) -> None:
+                rec = storage.read_json(task.record_url) if bar.enabled else {}
+                bar.update(1, int(rec.get("rows_in", rec.get("rows", 0)) or 0))
+
+            try:
+                self.engine.run(todo, f"{self.name}/{phase}", on_done)
+            finally:
+                bar.close()
+            records = finished(tasks)
+            missing = [t.name for i, t in enumerate(tasks) if i not in records]
+            if missing:
+                raise RuntimeError(f"{self.name}: engine {self.engine.name} ended phase {phase} but tasks {missing[:5]} "
+                                   f"({len(missing)} in all) left no record")
+        out = [records[i] for i in range(len(tasks))]
+        secs = [float(r.get("task_seconds", 0.0)) for r in out]
+        self.phases[phase] = {"tasks": len(tasks), "resumed": len(tasks) - len(todo),
+                              "task_seconds": {"sum": round(sum(secs), 3), "min": round(min(secs, default=0), 4),
+                                               "mean": round(sum(secs) / max(1, len(secs)), 4), "max": round(max(secs, default=0), 4)}}
+        return out
 
 
 class Step(ABC):
@@ -85,6 +150,8 @@ class Step(ABC):
     code_version: int = 1
     # Subfolders used only while the step runs (shuffles); removed with `_tasks/` once done.
     scratch: tuple[str, ...] = ()
+    # True for the step that reads the pinned input files (their fingerprints are checked).
+    reads_inputs: bool = False
 
     def __init__(self, inputs: tuple[str, ...] = ()):
         self.inputs = inputs
@@ -92,67 +159,36 @@ class Step(ABC):
     def enabled(self, cfg: RunConfig) -> bool:
         return True
 
-    @abstractmethod
-    def version_config(self, cfg: RunConfig) -> dict:
-        """The config fields that change this step's output (and nothing else)."""
+    def check(self, cfg: RunConfig) -> None:
+        """Raise ConfigError when this step's settings cannot run (before any work)."""
 
-    def version(self, cfg: RunConfig, input_versions: dict[str, str]) -> str:
+    def requires(self, cfg: RunConfig) -> set[str]:
+        """Engine capabilities this step needs with this config (pipelines.engines.base)."""
+        return set()
+
+    def dependencies(self, cfg: RunConfig) -> dict[str, str]:
+        """Files this step reads besides its inputs, by name -> URL (pinned by the plan)."""
+        return {}
+
+    @abstractmethod
+    def version_config(self, cfg: RunConfig, pins: Pins) -> dict:
+        """The config fields and pinned files that change this step's output (and nothing else)."""
+
+    def version(self, cfg: RunConfig, pins: Pins, input_versions: dict[str, str]) -> str:
         return stable_hash({
             "step": self.name,
             "code_version": self.code_version,
-            "config": self.version_config(cfg),
+            "config": self.version_config(cfg, pins),
             "inputs": input_versions,
         })
 
     @abstractmethod
     def run(self, ctx: StepContext) -> dict:
-        """Do the work; return the payload of _SUCCESS.json (counters, parts, ...)."""
+        """Do the work in phases of tasks; return the payload of _SUCCESS.json."""
 
 
 # ---------------------------------------------------------------------------------------
-# Tasks with records: the unit of resume.
-
-@dataclass
-class TaskSpec:
-    """Everything one task needs, shipped to a worker; `fn` is a module-level function."""
-
-    fn: Callable[..., dict]
-    step_url: str
-    phase: str
-    index: int
-    args: dict = field(default_factory=dict)
-
-    @property
-    def record_url(self) -> str:
-        return io.join(self.step_url, "_tasks", f"{self.phase}-{self.index:05d}.json")
-
-
-def run_task(spec: TaskSpec) -> dict:
-    """Worker side: run the task and write its record last, atomically."""
-    t0 = time.monotonic()
-    result = spec.fn(spec.step_url, spec.index, **spec.args)
-    result["seconds"] = round(time.monotonic() - t0, 4)
-    io.atomic_write_json(spec.record_url, result)
-    return result
-
-
-def run_tasks(ctx: StepContext, fn: Callable[..., dict], phase: str, args_list: list[dict], desc: str) -> list[dict]:
-    """Run one phase of a step: reuse recorded tasks, run the rest on the engine."""
-    specs = [TaskSpec(fn, ctx.url, phase, i, a) for i, a in enumerate(args_list)]
-    results: list[dict | None] = [None] * len(specs)
-    todo = []
-    for s in specs:
-        if io.exists(s.record_url):
-            results[s.index] = io.read_json(s.record_url)
-        else:
-            todo.append(s)
-    if todo:
-        done = len(specs) - len(todo)
-        label = f"{desc} ({done} resumed)" if done else desc
-        for s, r in zip(todo, ctx.engine.map(run_task, todo, desc=label)):
-            results[s.index] = r
-    return results  # type: ignore[return-value]
-
+# Helpers shared by steps
 
 def merge_counters(results: list[dict], key: str = "counters") -> dict[str, int]:
     total: Counter = Counter()
@@ -166,5 +202,11 @@ def parquet_entry(kind: str, i: int, table: pa.Table, sha: str) -> dict:
 
 
 def write_part(step_url: str, kind: str, i: int, table: pa.Table, compression: str) -> dict:
-    sha = io.write_parquet(io.join(step_url, kind, part_name(i)), table, compression)
+    sha = storage.write_parquet(storage.join(step_url, kind, part_name(i)), table, compression)
     return parquet_entry(kind, i, table, sha)
+
+
+def read_finished(url: str, name: str = "") -> FinishedStep:
+    """A finished step from its folder URL (tasks receive input steps as URLs)."""
+    record = storage.read_json(storage.join(url, SUCCESS))
+    return FinishedStep(name or record.get("step", ""), record.get("version", ""), url, record)

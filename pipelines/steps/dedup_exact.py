@@ -12,11 +12,11 @@ from collections import Counter
 
 import pyarrow as pa
 
-from pipelines import io
 from pipelines.config import RunConfig
 from pipelines.steps import shuffle
-from pipelines.steps.base import Step, StepContext, part_name, run_tasks
+from pipelines.steps.base import Pins, Step, StepContext, part_name
 from pipelines.steps.docmap import map_parts, success_payload
+from stages import storage
 from stages.dedup_exact import ExactKeyOptions, duplicates_in_bucket, key_hashes
 from stages.records import dropped_table
 
@@ -24,11 +24,11 @@ KEYS_SCHEMA = pa.schema([("id", pa.string()), ("ord", pa.int64()), ("exact_hash"
 DUPS_SCHEMA = pa.schema([("ord", pa.int64()), ("dup_of", pa.string())])
 
 
-def keys_task(step_url: str, index: int, in_url: str, part: int, opts: ExactKeyOptions, buckets: int, compression: str) -> dict:
-    docs = io.read_parquet(in_url, columns=["id", "ord", "text"])
-    hashes = pa.array(key_hashes(docs.column("text").to_pylist(), opts), pa.string())
+def keys_task(step_url: str, index: int, in_url: str, part: int, opts: dict, buckets: int, compression: str) -> dict:
+    docs = storage.read_parquet(in_url, columns=["id", "ord", "text"])
+    hashes = pa.array(key_hashes(docs.column("text").to_pylist(), ExactKeyOptions(**opts)), pa.string())
     keys = pa.table({"id": docs.column("id"), "ord": docs.column("ord"), "exact_hash": hashes}, schema=KEYS_SCHEMA)
-    io.write_parquet(io.join(step_url, "hashes", part_name(part)), keys.select(["ord", "exact_hash"]), compression)
+    storage.write_parquet(storage.join(step_url, "hashes", part_name(part)), keys.select(["ord", "exact_hash"]), compression)
     shuffle.write_buckets(step_url, "keys", part, keys, shuffle.hash_buckets(hashes, buckets), compression)
     return {"rows_in": docs.num_rows}
 
@@ -39,26 +39,21 @@ def reduce_task(step_url: str, index: int, compression: str) -> dict:
     return {"duplicates": dups.num_rows}
 
 
-class ExactFilter:
-    """Processor for the filter phase: joins a part with its hashes and its drop list."""
-
-    def __init__(self, step_url: str):
-        self.step_url = step_url
-
-    def __call__(self, docs: pa.Table, part: int):
-        hashes = io.read_parquet(io.join(self.step_url, "hashes", part_name(part))) if docs.num_rows else None
-        dups = shuffle.read_for_part(self.step_url, "dups", part, DUPS_SCHEMA)
-        if docs.num_rows:
-            # hashes were written in the same row order as docs
-            docs = docs.append_column("exact_hash", hashes.column("exact_hash"))
-        else:
-            docs = docs.append_column("exact_hash", pa.array([], pa.string()))
-        dup_of = dict(zip(dups.column("ord").to_pylist(), dups.column("dup_of").to_pylist()))
-        ords = docs.column("ord").to_pylist()
-        is_dup = [o in dup_of for o in ords]
-        dropped = dropped_table(docs, is_dup, "dedup_exact", ["duplicate"] * len(ords),
-                                [f"dup_of={dup_of[o]}" if o in dup_of else "" for o in ords])
-        return docs.filter(pa.array([not d for d in is_dup], pa.bool_())), dropped, Counter()
+def exact_filter_part(docs: pa.Table, part: int, step_url: str):
+    """Processor of the filter phase: joins a part with its hashes and its drop list."""
+    hashes = storage.read_parquet(storage.join(step_url, "hashes", part_name(part))) if docs.num_rows else None
+    dups = shuffle.read_for_part(step_url, "dups", part, DUPS_SCHEMA)
+    if docs.num_rows:
+        # hashes were written in the same row order as docs
+        docs = docs.append_column("exact_hash", hashes.column("exact_hash"))
+    else:
+        docs = docs.append_column("exact_hash", pa.array([], pa.string()))
+    dup_of = dict(zip(dups.column("ord").to_pylist(), dups.column("dup_of").to_pylist()))
+    ords = docs.column("ord").to_pylist()
+    is_dup = [o in dup_of for o in ords]
+    dropped = dropped_table(docs, is_dup, "dedup_exact", ["duplicate"] * len(ords),
+                            [f"dup_of={dup_of[o]}" if o in dup_of else "" for o in ords])
+    return docs.filter(pa.array([not d for d in is_dup], pa.bool_())), dropped, Counter()
 
 
 class DedupExactStep(Step):
@@ -69,16 +64,16 @@ class DedupExactStep(Step):
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.dedup_exact.enabled
 
-    def version_config(self, cfg: RunConfig) -> dict:
+    def version_config(self, cfg: RunConfig, pins: Pins) -> dict:
         return {**cfg.dedup_exact.model_dump(), "rows_per_bucket": cfg.shuffle_rows_per_bucket}
 
     def run(self, ctx: StepContext) -> dict:
         inp = ctx.input_docs()
-        opts = ExactKeyOptions(**ctx.cfg.dedup_exact.model_dump(exclude={"enabled"}))
-        rows = sum(p["rows"] for p in inp.parts)
-        buckets = shuffle.num_buckets(rows, ctx.cfg.shuffle_rows_per_bucket)
-        run_tasks(ctx, keys_task, "keys", [dict(in_url=u, part=p, opts=opts, buckets=buckets, compression=ctx.compression) for p, u in inp.part_urls()], "dedup_exact: hash")
-        run_tasks(ctx, reduce_task, "reduce", [dict(compression=ctx.compression)] * buckets, "dedup_exact: group")
-        payload = success_payload(map_parts(ctx, ExactFilter(ctx.url), "dedup_exact: filter", phase="filter"))
+        opts = ctx.cfg.dedup_exact.model_dump(exclude={"enabled"})
+        buckets = shuffle.num_buckets(inp.rows, ctx.cfg.shuffle_rows_per_bucket)
+        ctx.run_phase(keys_task, "keys", [dict(in_url=u, part=p, opts=opts, buckets=buckets, compression=ctx.compression)
+                                          for p, u in inp.part_urls()], "dedup_exact: hash")
+        ctx.run_phase(reduce_task, "reduce", [dict(compression=ctx.compression)] * buckets, "dedup_exact: group")
+        payload = success_payload(map_parts(ctx, exact_filter_part, dict(step_url=ctx.url), "dedup_exact: filter", phase="filter"))
         payload["buckets"] = buckets
         return payload

@@ -1,8 +1,9 @@
 """Document map steps: one task per input part, part i in -> part i out.
 
-A step of this family only supplies a *processor*: a picklable callable that takes one
-Arrow table of documents and its part index and returns (kept, dropped, counters). Reading, writing, task
-records, resume and the rows-in = kept + dropped check are done here once.
+A step of this family only supplies a *processor*: a module-level function
+`fn(docs, part, **options) -> (kept, dropped, counters)` over one Arrow table of documents,
+with JSON options. Reading, writing, task records, resume and the rows-in = kept + dropped
+check are done here once.
 """
 
 from __future__ import annotations
@@ -12,25 +13,17 @@ from typing import Callable
 
 import pyarrow as pa
 
-from pipelines import io
-from pipelines.steps.base import Step, StepContext, merge_counters, run_tasks, write_part
+from pipelines.steps.base import Step, StepContext, merge_counters, write_part
+from pipelines.tasks import function_name, resolve
+from stages import storage
 
-Processor = Callable[[pa.Table, int], tuple[pa.Table, pa.Table, Counter]]
-
-
-class PartAgnostic:
-    """A stage function of one table, as a processor (it does not need the part index)."""
-
-    def __init__(self, fn: Callable[[pa.Table], tuple[pa.Table, pa.Table, Counter]]):
-        self.fn = fn
-
-    def __call__(self, docs: pa.Table, part: int):
-        return self.fn(docs)
+Processor = Callable[..., tuple[pa.Table, pa.Table, Counter]]
 
 
-def map_docs_task(step_url: str, index: int, in_url: str, part: int, processor: Processor, compression: str, kind_out: str = "docs") -> dict:
-    table = io.read_parquet(in_url)
-    kept, dropped, counters = processor(table, part)
+def map_docs_task(step_url: str, index: int, in_url: str, part: int, processor: str, options: dict, compression: str,
+                  kind_out: str = "docs") -> dict:
+    table = storage.read_parquet(in_url)
+    kept, dropped, counters = resolve(processor)(table, part, **options)
     if kept.num_rows + dropped.num_rows != table.num_rows:
         raise AssertionError(f"{step_url} part {part}: {table.num_rows} rows in, {kept.num_rows} kept + {dropped.num_rows} dropped")
     counters = Counter(counters)
@@ -46,13 +39,15 @@ def map_docs_task(step_url: str, index: int, in_url: str, part: int, processor: 
     }
 
 
-def map_parts(ctx: StepContext, processor: Processor, desc: str, phase: str = "map", kind_out: str = "docs",
-              source: list[tuple[int, str]] | None = None) -> list[dict]:
+def map_parts(ctx: StepContext, processor: Processor, options: dict, desc: str, phase: str = "map",
+              kind_out: str = "docs", source: list[tuple[int, str]] | None = None) -> list[dict]:
     """Run `processor` over every document part of the input step (or over `source`:
     (part index, URL) pairs); output part i is written for input part i."""
     parts = source if source is not None else ctx.input_docs().part_urls()
-    args = [dict(in_url=u, part=p, processor=processor, compression=ctx.compression, kind_out=kind_out) for p, u in parts]
-    return run_tasks(ctx, map_docs_task, phase, args, desc)
+    name = function_name(processor)
+    args = [dict(in_url=u, part=p, processor=name, options=options, compression=ctx.compression, kind_out=kind_out)
+            for p, u in parts]
+    return ctx.run_phase(map_docs_task, phase, args, desc)
 
 
 def success_payload(results: list[dict]) -> dict:
@@ -66,8 +61,9 @@ def success_payload(results: list[dict]) -> dict:
 class DocMapStep(Step):
     """A step that is one processor applied to every part."""
 
-    def processor(self, ctx: StepContext) -> Processor:
+    def processor(self, ctx: StepContext) -> tuple[Processor, dict]:
         raise NotImplementedError
 
     def run(self, ctx: StepContext) -> dict:
-        return success_payload(map_parts(ctx, self.processor(ctx), self.name))
+        fn, options = self.processor(ctx)
+        return success_payload(map_parts(ctx, fn, options, self.name))

@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import io
-from pipelines.config import RunConfig
-from pipelines.steps.base import Step, StepContext, merge_counters, run_tasks, write_part
-from stages.encode import Encoder, ids_to_arrow
+from pipelines.config import ConfigError, RunConfig
+from pipelines.steps.base import Pins, Step, StepContext, merge_counters, write_part
+from stages import storage
+from stages.encode import EOD_CANDIDATES, PATTERNS, Encoder, ids_to_arrow, is_tiktoken_ranks
 from stages.stochastok import SplitTable, document_keys, expand_flat
 
 
@@ -43,6 +43,13 @@ class TokenizerSource:
     def info(self) -> dict:
         """What the manifest records beside the file's path and checksum."""
         return {"pattern": self.pattern, "special_tokens": dict(self.special_tokens)} if self.pattern else {}
+
+    def to_args(self) -> dict:
+        return {"url": self.url, "pattern": self.pattern, "special_tokens": [list(kv) for kv in self.special_tokens]}
+
+    @classmethod
+    def from_args(cls, a: dict) -> "TokenizerSource":
+        return cls(a["url"], a.get("pattern"), tuple((str(k), int(v)) for k, v in a.get("special_tokens") or ()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -98,9 +105,10 @@ def _encode_batch(enc: Encoder, texts: list[str], ids: list, stochastok: dict, t
     return cols
 
 
-def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer: TokenizerSource, eod, bos,
+def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer: dict, eod, bos,
                 stochastok: dict, compression: str) -> dict:
-    docs = io.read_parquet(in_url, columns=["id", "text"])
+    tokenizer = TokenizerSource.from_args(tokenizer)
+    docs = storage.read_parquet(in_url, columns=["id", "text"])
     ids = docs.column("id").to_pylist()
     texts = docs.column("text")
     enc = _encoder(tokenizer, eod, bos)
@@ -116,10 +124,44 @@ def encode_task(step_url: str, index: int, in_url: str, part: int, tokenizer: To
             "vocab_size": enc.vocab_size, "backend": enc.backend, "backend_reason": enc.backend_reason}
 
 
+TOKENIZER = "tokenizer.path"
+
+
 def tokenizer_source(cfg: RunConfig, inputs: dict) -> TokenizerSource:
     if cfg.tokenizer.path:
         return TokenizerSource(cfg.tokenizer.path, cfg.tokenizer.pattern, tuple(sorted(cfg.tokenizer.special_tokens.items())))
-    return TokenizerSource(io.join(inputs["train_bpe"].url, inputs["train_bpe"].record["tokenizer"]))
+    return TokenizerSource(storage.join(inputs["train_bpe"].url, inputs["train_bpe"].record["tokenizer"]))
+
+
+def check_tokenizer(cfg: RunConfig) -> None:
+    """A given tokenizer file, its split pattern and the framing tokens, before any work."""
+    import regex
+
+    if not cfg.tokenizer.enabled:
+        raise ConfigError("encode.enabled needs a tokenizer: set tokenizer.enabled: true (and tokenizer.path to use an existing one)")
+    tiktoken_ranks = cfg.tokenizer.path is not None and is_tiktoken_ranks(cfg.tokenizer.path)
+    if (cfg.tokenizer.pattern is not None or cfg.tokenizer.special_tokens) and not tiktoken_ranks:
+        raise ConfigError("tokenizer.pattern and tokenizer.special_tokens are for a tiktoken ranks file in tokenizer.path; "
+                          "a tokenizer.json carries its own, and training uses tokenizer.train")
+    if tiktoken_ranks:
+        pattern = cfg.tokenizer.pattern
+        if not pattern:
+            raise ConfigError(f"tokenizer.path {cfg.tokenizer.path} is a tiktoken ranks file (its name does not end in .json): "
+                              f"set tokenizer.pattern to its split regex ({' | '.join(PATTERNS)} or a regex)")
+        try:
+            regex.compile(PATTERNS.get(pattern, pattern))
+        except regex.error as e:
+            raise ConfigError(f"tokenizer.pattern does not compile: {e}") from None
+    if cfg.tokenizer.path is None or tiktoken_ranks:
+        specials = list(cfg.tokenizer.special_tokens if tiktoken_ranks else cfg.tokenizer.train.get("special_tokens") or [])
+        where = "tokenizer.special_tokens" if tiktoken_ranks else "tokenizer.train.special_tokens"
+        eod = cfg.encode.eod
+        if eod == "auto" and not any(t in specials for t in EOD_CANDIDATES):
+            raise ConfigError(f"encode.eod is auto but {where} has no end-of-text token ({', '.join(EOD_CANDIDATES)}); "
+                              "add one, give encode.eod as a token or an id, or set encode.eod: null")
+        for key, tok in (("eod", eod), ("bos", cfg.encode.bos)):
+            if isinstance(tok, str) and tok != "auto" and tok not in specials:
+                raise ConfigError(f"encode.{key}={tok!r} is not among {where} {specials}")
 
 
 class EncodeStep(Step):
@@ -129,10 +171,16 @@ class EncodeStep(Step):
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.encode.enabled
 
-    def version_config(self, cfg: RunConfig) -> dict:
+    def check(self, cfg: RunConfig) -> None:
+        check_tokenizer(cfg)
+
+    def dependencies(self, cfg: RunConfig) -> dict[str, str]:
+        return {TOKENIZER: cfg.tokenizer.path} if cfg.tokenizer.path else {}
+
+    def version_config(self, cfg: RunConfig, pins: Pins) -> dict:
         c = cfg.encode.model_dump()
         if cfg.tokenizer.path:  # a trained tokenizer is versioned through its step's input
-            c["tokenizer_sha256"] = io.sha256_of(cfg.tokenizer.path)
+            c["tokenizer_sha256"] = pins.files[TOKENIZER].sha256
             if cfg.tokenizer.pattern:
                 c["tokenizer_pattern"] = cfg.tokenizer.pattern
                 c["tokenizer_special_tokens"] = cfg.tokenizer.special_tokens
@@ -143,11 +191,12 @@ class EncodeStep(Step):
         tok = tokenizer_source(ctx.cfg, ctx.inputs)
         docs = ctx.inputs[self.inputs[0]]
         st = c.stochastok.model_dump()
-        args = [dict(in_url=u, part=p, tokenizer=tok, eod=c.eod, bos=c.bos, stochastok=st, compression=ctx.compression)
+        args = [dict(in_url=u, part=p, tokenizer=tok.to_args(), eod=c.eod, bos=c.bos, stochastok=st, compression=ctx.compression)
                 for p, u in docs.part_urls()]
-        results = run_tasks(ctx, encode_task, "encode", args, "encode")
+        results = ctx.run_phase(encode_task, "encode", args, "encode")
         first = results[0]  # every task loads the same tokenizer
-        return {"counters": merge_counters(results), "parts": [p for r in results for p in r["parts"]], "tokenizer": tok.url,
+        return {"counters": merge_counters(results), "parts": [p for r in results for p in r["parts"]],
+                "tokenizer": ctx.relative(tok.url),
                 "tokenizer_info": tok.info(),
                 "vocab_size": first["vocab_size"], "backend": first["backend"], "backend_reason": first["backend_reason"]}
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from pipelines.config import RunConfig
-from pipelines.steps.base import StepContext
-from pipelines.steps.docmap import DocMapStep, PartAgnostic
+from pipelines.steps.base import Pins, StepContext
+from pipelines.steps.docmap import DocMapStep
 from stages.normalize import NormalizeOptions, normalize_table
 
 
-def options(cfg: RunConfig) -> NormalizeOptions:
-    return NormalizeOptions(**cfg.normalize.model_dump(exclude={"enabled"}))
+def normalize_part(docs, part: int, **options):
+    return normalize_table(docs, NormalizeOptions(**options))
 
 
 class NormalizeStep(DocMapStep):
@@ -20,8 +18,8 @@ class NormalizeStep(DocMapStep):
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.normalize.enabled
 
-    def version_config(self, cfg: RunConfig) -> dict:
+    def version_config(self, cfg: RunConfig, pins: Pins) -> dict:
         return cfg.normalize.model_dump()
 
     def processor(self, ctx: StepContext):
-        return PartAgnostic(partial(normalize_table, opts=options(ctx.cfg)))
+        return normalize_part, ctx.cfg.normalize.model_dump(exclude={"enabled"})

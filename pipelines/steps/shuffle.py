@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import io
+from stages import storage
 from stages.records import ORD_PART_SHIFT
 
 
@@ -39,42 +39,39 @@ def _write_groups(base: str, outer: str, inner: str, table: pa.Table, keys: np.n
     starts = np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1]])
     ends = np.r_[starts[1:], len(keys_sorted)]
     for s, e in zip(starts, ends):
-        url = io.join(base, f"{outer}-{int(keys_sorted[s]):05d}", inner)
-        io.write_arrow(url, table.slice(s, e - s), codec)
+        url = storage.join(base, f"{outer}-{int(keys_sorted[s]):05d}", inner)
+        storage.write_arrow(url, table.slice(s, e - s), codec)
         written += 1
     return written
 
 
 def write_buckets(step_url: str, name: str, part: int, table: pa.Table, buckets: np.ndarray, compression: str) -> int:
-    return _write_groups(io.join(step_url, name), "bucket", f"part-{part:05d}.arrow", table, buckets, compression)
+    return _write_groups(storage.join(step_url, name), "bucket", f"part-{part:05d}.arrow", table, buckets, compression)
 
 
 def write_by_part(step_url: str, name: str, writer: int, table: pa.Table, compression: str, column: str = "ord") -> int:
     """Route rows to the document part their `column` (an ord) belongs to; `writer` names
     the file so that every task of a phase writes its own."""
     parts = (table.column(column).to_numpy() >> ORD_PART_SHIFT) if table.num_rows else np.zeros(0, np.int64)
-    return _write_groups(io.join(step_url, name), "part", f"from-{writer:05d}.arrow", table, parts, compression)
+    return _write_groups(storage.join(step_url, name), "part", f"from-{writer:05d}.arrow", table, parts, compression)
 
 
 def read_dir(url: str, schema: pa.Schema | None = None) -> pa.Table | None:
     """Every scratch file of a directory (in name order), concatenated. With `schema`, cast
     to it (an absent or empty directory gives an empty table); without, as stored (None
     when there is nothing)."""
-    fs, path = io.filesystem(url)
-    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".arrow")) if fs.exists(path) else []
-    proto = io.protocol_of(url)
-    tables = [io.read_arrow(p if proto == "file" else f"{proto}://{p}") for p in files]
+    tables = [storage.read_arrow(u) for u in storage.list_files(url, ".arrow")]
     if schema is None:
         return pa.concat_tables(tables) if tables else None
     return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
 
 
 def read_bucket(step_url: str, name: str, bucket: int, schema: pa.Schema) -> pa.Table:
-    return read_dir(io.join(step_url, name, f"bucket-{bucket:05d}"), schema)
+    return read_dir(storage.join(step_url, name, f"bucket-{bucket:05d}"), schema)
 
 
 def read_for_part(step_url: str, name: str, part: int, schema: pa.Schema) -> pa.Table:
-    return read_dir(io.join(step_url, name, f"part-{part:05d}"), schema)
+    return read_dir(storage.join(step_url, name, f"part-{part:05d}"), schema)
 
 
 def hash_buckets(values: pa.Array, n: int) -> np.ndarray:

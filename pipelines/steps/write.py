@@ -9,22 +9,27 @@ from __future__ import annotations
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.config import RunConfig
-from pipelines.steps.base import StepContext
-from pipelines.steps.docmap import DocMapStep, PartAgnostic
+from pipelines.steps.base import Pins, StepContext
+from pipelines.steps.docmap import DocMapStep
 from stages.records import empty_dropped
 
 
-def keep_all(docs: pa.Table):
-    return docs, empty_dropped(), Counter(bytes=sum(len(t.encode("utf-8")) for t in docs.column("text").to_pylist()))
+def keep_all(docs: pa.Table, part: int):
+    text_bytes = int(pc.sum(pc.binary_length(docs.column("text"))).as_py() or 0) if docs.num_rows else 0
+    return docs, empty_dropped(), Counter(bytes=text_bytes)
 
 
 class WriteStep(DocMapStep):
     name = "write"
 
-    def version_config(self, cfg: RunConfig) -> dict:
+    def enabled(self, cfg: RunConfig) -> bool:
+        return cfg.output.documents
+
+    def version_config(self, cfg: RunConfig, pins: Pins) -> dict:
         return {"compression": cfg.output.compression}
 
     def processor(self, ctx: StepContext):
-        return PartAgnostic(keep_all)
+        return keep_all, {}

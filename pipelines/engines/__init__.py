@@ -1,0 +1,50 @@
+"""Engine adapters: the only place that knows how tasks are run (Ray, Beam, in-process).
+
+Each adapter module is imported only when its engine is chosen, so a run on one engine
+never imports another's framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pipelines.config import ConfigError, EngineConfig
+from pipelines.engines.base import ACTORS, ActorGroup, Engine
+
+__all__ = ["ACTORS", "ActorGroup", "Engine", "check_engine", "engine_class", "make_engine"]
+
+# kind -> (adapter class, the engine.* settings only that engine reads)
+ENGINES = {
+    "local": ("pipelines.engines.local_engine:LocalEngine", ()),
+    "ray": ("pipelines.engines.ray_engine:RayEngine", ("address",)),
+    "beam": ("pipelines.engines.beam_engine:BeamEngine", ("beam",)),
+}
+
+
+def engine_class(kind: str) -> type[Engine]:
+    if kind not in ENGINES:
+        raise ConfigError(f"engine.kind {kind!r}; allowed: {', '.join(ENGINES)}")
+    module, _, name = ENGINES[kind][0].partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise ConfigError(f"engine.kind {kind}: its framework is not installed ({e})") from None
+
+
+def check_engine(cfg) -> None:
+    """The chosen engine's own checks, and no settings meant for another engine."""
+    cls = engine_class(cfg.engine.kind)
+    defaults = EngineConfig()
+    mine = set(ENGINES[cfg.engine.kind][1])
+    for key in EngineConfig.model_fields:
+        if key in ("kind", "workers") or key in mine:
+            continue
+        if getattr(cfg.engine, key) != getattr(defaults, key):
+            owner = [k for k, (_, settings) in ENGINES.items() if key in settings]
+            raise ConfigError(f"engine.{key} is a setting of engine.kind {' or '.join(owner) or '?'}, "
+                              f"not {cfg.engine.kind}; remove it or change engine.kind")
+    cls.check(cfg)
+
+
+def make_engine(cfg, progress: bool = True) -> Engine:
+    return engine_class(cfg.engine.kind)(cfg, progress)
