@@ -5,11 +5,13 @@
 
 Every measurement runs in a fresh subprocess, so peak memory (ru_maxrss) is its own:
   hf          tokenizers.Tokenizer.train_from_iterator (Split(gpt2 regex) + ByteLevel), reading
-              the same JSONL.zst files through the same reader as ours
+              the JSONL.zst files with a plain zstandard + json loop
   hf-mem      the same with the documents loaded into a list first (reading not timed)
-  ours-w0     tokenmill in one process (native counting + single-node merge kernel)
-  ours-w1/w2  tokenmill on an embedded Ray cluster with 1 / 2 workers (map/reduce counting,
-              merge in the driver); Ray start-up is timed apart and left out of the time
+  ours-w0     `tokenmill train-bpe` in one process (engine local): its plan reads the files
+              into Parquet documents (quarantining bad records), counts words in tasks,
+              reduces them in hash-partition tasks, and merges in one task
+  ours-w1/w2  the same on an embedded Ray cluster with 1 / 2 workers (the reduce in 2
+              partition actors); Ray start-up is timed apart and left out of the time
   sharded-w2  as ours-w2 but merging on the 2 partition actors (per-merge overhead)
 All runs must produce HF's merges exactly. Medians over the repeats are reported; the
 machine is shared, so ratios matter more than absolute times.
@@ -50,8 +52,19 @@ def _files(data: str) -> list[str]:
 
 # ---- one measurement (runs in its own process) ----------------------------------------
 
+def read_texts(path: str):
+    """The documents of one JSONL.zst file (HF's input: a plain reading loop)."""
+    import io
+
+    import zstandard
+
+    with open(path, "rb") as fh:
+        for line in io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8"):
+            if line.strip():
+                yield json.loads(line)["text"]
+
+
 def run_one(kind: str, data: str, vocab_size: int, out: str) -> dict:
-    from pipelines.bpe_job import expand, iter_sequences, train, write_outputs
     from stages.bpe import BpeConfig
 
     files = _files(data)
@@ -64,7 +77,7 @@ def run_one(kind: str, data: str, vocab_size: int, out: str) -> dict:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = cfg.pretok().hf_pre_tokenizer()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, initial_alphabet=[])
-        texts = (t for f in files for t in iter_sequences(f, "text"))
+        texts = (t for f in files for t in read_texts(f))
         if kind == "hf-mem":  # documents already in memory: HF's time without reading
             texts = list(texts)
         t0 = time.perf_counter()
@@ -73,27 +86,37 @@ def run_one(kind: str, data: str, vocab_size: int, out: str) -> dict:
         model = json.loads(tok.to_str())["model"]
         merges = [" ".join(m) for m in model["merges"]]
     else:
-        workers = int(kind.rsplit("w", 1)[1])
-        res["ray_startup"] = 0.0
-        if workers:
-            from pipelines.bpe_job import ensure_ray
+        from pipelines.bpe_cli import build_parser, run_config
+        from pipelines.config import parse_config
+        from pipelines.engines import make_engine
+        from pipelines.plan import make_plan
+        from pipelines.runner import run_plan
 
-            res["ray_startup"] = ensure_ray(workers)
-        sources = expand(files, "text")
+        workers = int(kind.rsplit("w", 1)[1])
+        flags = ["--input", *files, "--out", out, "--vocab-size", str(vocab_size), "--preset", GPT2,
+                 "--initial-alphabet", "seen", "--workers", str(workers), "--no-progress"]
+        if workers:  # as many word partitions (reduce actors, merge shards) as workers
+            flags += ["--partitions", str(workers), "--merge-mode", "sharded" if kind.startswith("sharded") else "single"]
+        plan = make_plan(parse_config(run_config(build_parser().parse_args(flags))))
         t0 = time.perf_counter()
-        m = train(sources, cfg, workers=workers)
+        engine = make_engine(plan.cfg, progress=False)
+        res["ray_startup"] = time.perf_counter() - t0 if workers else 0.0
+        t0 = time.perf_counter()
+        finished = {f.name: f for f in run_plan(plan, engine=engine)}
         res["seconds"] = time.perf_counter() - t0
-        s = m.stats
-        res["count_seconds"] = s["count_seconds"]
+        engine.close()
+        step = Path(finished["train_bpe"].url)
+        s = json.loads((step / "training_stats.json").read_text())
+        res["read_seconds"] = finished["read"].record["seconds"]
         res["merge_seconds"] = s["merge_seconds"]
+        res["count_seconds"] = finished["train_bpe"].record["seconds"] - s["train_seconds"]
         res["merges"] = s["merges_total"]
         res["rounds"] = s.get("rounds")
         res["words"] = s["counting"]["distinct_words"]
-        res["worker_peak_mb"] = max(s["counting"].get("peak_rss_mb_map_tasks", 0.0),
+        res["worker_peak_mb"] = max(s["counting"].get("peak_rss_mb_count_tasks", 0.0),
                                     s["counting"].get("peak_rss_mb_partitions", 0.0),
                                     max(s.get("peak_rss_mb_shards", [0.0])))
-        merges = [f"{a} {b}" for a, b in m.merge_pairs()]
-        write_outputs(m, out, False)
+        merges = (step / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
     res["peak_mb"] = _peak_mb()
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "merges.list").write_text("\n".join(merges))
@@ -101,10 +124,9 @@ def run_one(kind: str, data: str, vocab_size: int, out: str) -> dict:
 
 
 def run_superbpe(data: str, vocab_size: int) -> dict:
-    from pipelines.bpe_job import iter_sequences
     from stages.bpe import BpeConfig, WordTable, superword_violations, train_bpe
 
-    docs = [t for f in _files(data) for t in iter_sequences(f, "text")]
+    docs = [t for f in _files(data) for t in read_texts(f)]
     train_docs = [d for i, d in enumerate(docs) if i % 10]
     held = [d for i, d in enumerate(docs) if i % 10 == 0]
 
@@ -185,15 +207,16 @@ def main(argv: list[str] | None = None) -> int:
              f"{mb:.1f} MB compressed; vocab {a.vocab_size}, preset gpt2, initial alphabet = bytes seen, as HF's default). "
              f"Shared 2-core machine: medians of {a.repeats} interleaved runs, each in a fresh process "
              f"(peak memory = that process's ru_maxrss; Ray workers listed apart).", "",
-             "| run | wall s (median) | counting s | merging s | peak MB (driver) | peak MB (Ray worker) | merges identical to HF |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | wall s (median) | reading s | counting s | merging s | peak MB (driver) | peak MB (Ray worker) | merges identical to HF |",
+             "|---|---|---|---|---|---|---|---|"]
     names = {"hf": "HF tokenizers BpeTrainer, reading the files", "hf-mem": "HF tokenizers BpeTrainer, documents preloaded (reading not timed)", "ours-w0": "tokenmill, in-process", "ours-w1": "tokenmill, Ray 1 worker",
              "ours-w2": "tokenmill, Ray 2 workers", "sharded-w2": "tokenmill, Ray 2 workers, sharded merge"}
     for k in kinds:
         m = med[k]
         cnt = f"{m['count_seconds']:.2f}" if "count_seconds" in m else "-"
         mrg = f"{m['merge_seconds']:.2f}" if "merge_seconds" in m else "-"
-        lines.append(f"| {names.get(k, k)} | {m['seconds']:.2f} | {cnt} | {mrg} | {m['peak_mb']:.0f} | "
+        rd = f"{m['read_seconds']:.2f}" if "read_seconds" in m else "-"
+        lines.append(f"| {names.get(k, k)} | {m['seconds']:.2f} | {rd} | {cnt} | {mrg} | {m['peak_mb']:.0f} | "
                      f"{m.get('worker_peak_mb', 0):.0f} | {'yes' if same.get(k) else 'NO'} |")
     lines.append("")
     for ref in ("hf", "hf-mem"):

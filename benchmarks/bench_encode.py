@@ -147,11 +147,11 @@ def pipeline_path(cfg, engine) -> tuple[float, Path]:
     for step in ("encode", "write_shards"):
         shutil.rmtree(Path(cfg.run_root) / step, ignore_errors=True)
     summary = run(cfg, engine=engine)
-    steps = summary["steps"]
-    if steps["read"]["counters"].get("quarantined"):
-        raise SystemExit(f"benchmark input had quarantined records: {steps['read']['counters']}")
+    if summary["quarantined"]:
+        raise SystemExit(f"benchmark input had quarantined records: {summary['quarantined']}")
     out = next((Path(cfg.run_root) / "write_shards").iterdir())
-    return steps["encode"]["seconds"] + steps["write_shards"]["seconds"], out
+    secs = summary["execution"]
+    return secs["encode"]["seconds"] + secs["write_shards"]["seconds"], out
 
 
 def pipeline_parity(out: Path, ids: list[str], hf_ids: list[np.ndarray], eod: int) -> int:
@@ -209,8 +209,7 @@ def main(argv: list[str]) -> int:
                         help="train the tokenizer on every n-th document (default 8)")
     args = parser.parse_args(argv)
 
-    from pipelines.config import EngineConfig
-    from pipelines.engines import RayEngine
+    from pipelines.engines import make_engine
     from pipelines.runner import run
     from tokenizers import Tokenizer
 
@@ -228,9 +227,9 @@ def main(argv: list[str]) -> int:
         print(f"tokenizer: byte-level BPE, GPT-2 regex, vocab {args.vocab:,}, trained by this "
               f"script with HF tokenizers on every {args.train_every}th document "
               f"({time.perf_counter() - t0:.1f} s, not timed)")
-        engine = RayEngine(EngineConfig(kind="ray", workers=args.workers), progress=False)
         configs = {mode: pipeline_config(tok_path, args.data, work / "run", args.workers, mode)
                    for mode in ("off", "expand", "both")}
+        engine = make_engine(configs["off"], progress=False)
         run(configs["off"], engine=engine, until="write")  # read + write once, not timed
         # warm-up, not timed: every worker process caches its encoder and split table, so
         # all timed runs start equally warm

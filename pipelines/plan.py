@@ -287,7 +287,7 @@ def _why_new_version(plan: Plan, name: str) -> str | None:
         return None
     old = max(records, key=lambda r: r.get("finished_at", 0))
     step = plan.step_object(name)
-    new_cfg = _flat(step.version_config(plan.cfg, plan.pins))
+    new_cfg = _flat(json.loads(json.dumps(step.version_config(plan.cfg, plan.pins), default=str)))
     old_cfg = _flat(old.get("config", {}))
     changed = sorted(k for k in set(new_cfg) | set(old_cfg) if new_cfg.get(k) != old_cfg.get(k))
     if changed:
@@ -297,7 +297,7 @@ def _why_new_version(plan: Plan, name: str) -> str | None:
     moved = [n for n, v in old.get("inputs", {}).items() if plan.step(n).version != v] if all(
         n in plan.names for n in old.get("inputs", {})) else list(old.get("inputs", {}))
     if moved:
-        return f"input {', '.join(moved)} has a new version since version {old.get('version')}"
+        return f"new version of {', '.join(sorted(moved))} since version {old.get('version')}"
     return f"code changed since version {old.get('version')}"
 
 
@@ -316,7 +316,9 @@ def step_states(plan: Plan) -> list[tuple[str, str, str]]:
         if records:
             why = f"resumes: {records} task records of an interrupted run"
         else:
-            why = _why_new_version(plan, s.name) or ("not run yet" if not waiting else "")
+            why = _why_new_version(plan, s.name) or "not run yet"
+            if waiting and not why.startswith("settings changed"):
+                why = ""  # its inputs run first; that is the reason
         if waiting:
             why = f"after {', '.join(waiting)}" + (f"; {why}" if why else "")
         out.append((s.name, "to run", why))

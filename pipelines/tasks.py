@@ -67,6 +67,7 @@ class Task:
     phase: str
     index: int
     args: dict = field(default_factory=dict)
+    weight: int = 0  # a hint of its size (input bytes): engines start heavy tasks first
 
     def __post_init__(self):
         try:
@@ -78,8 +79,8 @@ class Task:
                                     "write large inputs to a file and pass its URL")
 
     @classmethod
-    def of(cls, fn: Callable, step_url: str, phase: str, index: int, args: dict | None = None) -> "Task":
-        return cls(function_name(fn), step_url, phase, index, dict(args or {}))
+    def of(cls, fn: Callable, step_url: str, phase: str, index: int, args: dict | None = None, weight: int = 0) -> "Task":
+        return cls(function_name(fn), step_url, phase, index, dict(args or {}), int(weight))
 
     @property
     def name(self) -> str:
@@ -172,8 +173,8 @@ def clear_errors(tasks: list[Task]) -> None:
             storage.remove(url)
 
 
-def read_record(task: Task) -> dict | None:
-    return storage.read_json(task.record_url) if storage.exists(task.record_url) else None
+def heaviest_first(tasks: list[Task]) -> list[Task]:
+    return sorted(tasks, key=lambda t: -t.weight)
 
 
 def finished(tasks: list[Task]) -> dict[int, dict]:

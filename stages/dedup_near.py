@@ -604,21 +604,19 @@ def cc_task(task: CCTask) -> CCResult:
 MapFn = Callable[[Callable[[Any], Any], list], Any]
 
 
-def component_rounds(run_phase: Callable[[str, int], list[bool]], max_rounds: int = 200) -> int:
+def component_rounds(run_round: Callable[[int], bool], max_rounds: int = 200) -> int:
     """The round structure of the components algorithm, independent of where pieces live.
 
-    `run_phase(phase, round)` runs every partition's `cc_task` of that phase on the pieces
-    the previous phase addressed to it, and returns their `changed` flags. Phases: "route"
-    (round 0), then "large" and "small" per round until neither changes anything, then
-    "labels". Returns the last round. Raises RuntimeError if the graph has not converged
-    after `max_rounds` rounds (the algorithm needs O(log^2 n) rounds; a few in practice).
+    Before the rounds, a "route" phase turns the edges into (u, v) pieces; after them a
+    "labels" phase reads each node's label off the stars. `run_round(r)` runs round r's
+    "large" then "small" phase on every partition (each partition's `cc_task` on the
+    pieces the previous phase addressed to it) and returns whether any task changed
+    anything; rounds go on until one changes nothing. Returns the last round. Raises
+    RuntimeError if the graph has not converged after `max_rounds` rounds (the algorithm
+    needs O(log^2 n) rounds; a few in practice).
     """
-    run_phase("route", 0)
     for rnd in range(1, max_rounds + 1):
-        large = run_phase("large", rnd)
-        small = run_phase("small", rnd)
-        if not any(large) and not any(small):
-            run_phase("labels", rnd)
+        if not run_round(rnd):
             return rnd
     raise RuntimeError(f"connected_components: not converged after {max_rounds} rounds")
 
@@ -648,7 +646,9 @@ def connected_components(edge_parts: list, map_fn: MapFn = map, num_partitions: 
             state["inputs"] = [[res.pieces[j] for res in results] for j in range(P)]
         return [r.changed for r in results]
 
-    component_rounds(run_phase, max_rounds)
+    run_phase("route", 0)
+    rounds = component_rounds(lambda rnd: any(run_phase("large", rnd) + run_phase("small", rnd)), max_rounds)
+    run_phase("labels", rounds)
     return state["labels"]
 
 

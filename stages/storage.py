@@ -132,6 +132,27 @@ def remove_tree(url: str) -> None:
             pass
 
 
+def create_exclusive(url: str, data: bytes = b"") -> bool:
+    """Create a file only if it does not exist; True if this call created it. Atomic on
+    local and POSIX shared filesystems; elsewhere a best effort (check, then write), which
+    is enough where two creators at once only cost a repeated idempotent task."""
+    fs, path = filesystem(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        try:
+            with open(path, "xb") as handle:
+                handle.write(data)
+            return True
+        except FileExistsError:
+            return False
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True
+
+
 def atomic_write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
     """Write to a unique temporary name beside the target, then rename it into place.
 

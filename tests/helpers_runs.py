@@ -61,3 +61,21 @@ def data_checksums(run_root: Path) -> dict[str, str]:
                 body = json.dumps(summary_without_execution(f), sort_keys=True).encode()
                 out[f"{name}/{rel}"] = hashlib.sha256(body).hexdigest()
     return out
+
+
+def finished_steps(run_root: Path) -> dict[str, Path]:
+    """Folders of the finished steps under a run root (for runs that stopped early)."""
+    return {p.parent.parent.name: p.parent for p in run_root.glob("*/*/_SUCCESS.json")}
+
+
+def step_checksums(run_root: Path, names: list[str]) -> dict[str, str]:
+    """data_checksums restricted to the given finished steps (no summary needed)."""
+    dirs = finished_steps(run_root)
+    out = {}
+    for name in names:
+        d = dirs[name]
+        for f in sorted(d.rglob("*")):
+            rel = f.relative_to(d)
+            if f.is_file() and rel.parts[0] != "_tasks" and f.name != "_SUCCESS.json":
+                out[f"{name}/{rel}"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out

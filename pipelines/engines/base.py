@@ -1,7 +1,8 @@
 """What every engine adapter offers: run a list of tasks, and nothing else by default.
 
 `run(tasks, label, on_done)` runs every task (`pipelines.tasks.run_task`) in parallel
-where it can and returns nothing: results reach the step through the task records. It
+where it can and returns nothing: results reach the step through the task records;
+`run_phases` runs several phases in order, each after the one before. `run`
 calls `on_done(task)` as it learns that a task finished (as soon as it can, or never, for
 an engine that cannot tell). On failure it raises the failed task's own exception
 (`pipelines.tasks.raise_failure`).
@@ -52,6 +53,12 @@ class Engine(ABC):
     @abstractmethod
     def run(self, tasks: list[Task], label: str, on_done: OnDone | None = None) -> None:
         """Run every task; return nothing; raise the first failed task's own exception."""
+
+    def run_phases(self, phases: list[tuple[str, list[Task]]], on_done: OnDone | None = None) -> None:
+        """Run phases in order, each after the one before has finished. Engines with a high
+        cost per submission (Beam: a pipeline) override this to submit them together."""
+        for label, tasks in phases:
+            self.run(tasks, label, on_done)
 
     def actors(self, cls: type, args: Sequence[tuple]) -> ActorGroup:
         """One actor of `cls` per entry of `args` (its constructor arguments)."""

@@ -8,7 +8,11 @@ is why results travel only through the records.
 Runners:
 - default (`engine.beam.runner: null`): Beam's in-process portable runner (FnApiRunner)
   with `min(engine.workers, tasks)` SDK worker processes; a phase of one task runs in this
-  process (no worker start-up). Works offline.
+  process (no worker start-up). Works offline. This runner hands each worker a fixed share
+  of a stage's elements and never rebalances, which leaves a worker idle while another
+  works through a share of slow tasks. So here each worker gets one element, the whole
+  list of tasks (heaviest first), and takes the next task nobody has claimed yet (an
+  exclusive file create under `_tasks/`): the schedule Ray's adapter has, within Beam.
 - any runner Beam knows, by name (PortableRunner, FlinkRunner, SparkRunner, DataflowRunner,
   ...), with `engine.beam.options` passed to PipelineOptions as given. DirectRunner and
   PrismRunner are never chosen by default: both try to download the Prism binary at run
@@ -24,13 +28,15 @@ import hashlib
 import logging
 import re
 import time
+import uuid
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
 from pipelines.config import ConfigError
 from pipelines.engines.base import Engine, OnDone, RecordWatcher
-from pipelines.tasks import Task, raise_failure, run_task
+from pipelines.tasks import TASKS_DIR, Task, heaviest_first, raise_failure, run_task
+from stages import storage
 
 DEFAULT_RUNNER = "FnApiRunner"
 KNOWN_RUNNERS = tuple(StandardOptions.KNOWN_RUNNER_NAMES)
@@ -89,24 +95,46 @@ def _job_name(label: str, step_url: str) -> str:
     return name
 
 
-class _RunTask(beam.DoFn):
-    def process(self, task_json: str):
-        run_task(Task.from_json(task_json))
-        return ()
+class _RunTasks(beam.DoFn):
+    """Runs the tasks of an element: one task; or, with a claims folder, every task of the
+    list that this worker claims first. Emits one marker per element (for the next phase's
+    barrier)."""
+
+    def process(self, element: tuple[str | None, list[str]]):
+        claims, tasks = element
+        for task_json in tasks:
+            task = Task.from_json(task_json)
+            if claims is None or storage.create_exclusive(storage.join(claims, task.name)):
+                run_task(task)
+        yield len(tasks)
+
+
+def _after(element, _done):
+    return element
 
 
 class RunTasks(beam.PTransform):
-    """The tasks of one phase, spread over the workers by a reshuffle, each run once."""
+    """The tasks of one phase as elements spread over the workers by a reshuffle: one task
+    per element, or (with `claims`, a fresh folder) `workers` elements that each hold the
+    whole list and take tasks as they go. With `after` (the previous phase's output as a
+    side input) it starts only once that phase has finished."""
 
-    def __init__(self, tasks: list[Task]):
+    def __init__(self, tasks: list[Task], claims: str | None = None, workers: int = 1, after=None):
         super().__init__()
-        self.tasks = tasks
+        self.after = after
+        if claims is None:
+            self.elements = [(None, [t.to_json()]) for t in tasks]
+        else:
+            ordered = [t.to_json() for t in heaviest_first(tasks)]
+            self.elements = [(claims, ordered) for _ in range(workers)]
 
     def expand(self, pbegin):
-        return (pbegin
-                | "Tasks" >> beam.Create([t.to_json() for t in self.tasks])
+        elements = pbegin | "Tasks" >> beam.Create(self.elements)
+        if self.after is not None:
+            elements = elements | "After" >> beam.Map(_after, beam.pvalue.AsList(self.after))
+        return (elements
                 | "Spread" >> beam.Reshuffle()
-                | "Run" >> beam.ParDo(_RunTask()))
+                | "Run" >> beam.ParDo(_RunTasks()))
 
 
 class BeamEngine(Engine):
@@ -127,35 +155,52 @@ class BeamEngine(Engine):
         super().__init__(workers=cfg.engine.workers)
         self.runner, self.flags = runner_and_flags(cfg)
 
-    def _flags(self, tasks: list[Task], label: str) -> list[str]:
-        n_tasks = len(tasks)
+    def _flags(self, workers: int, label: str, step_url: str) -> list[str]:
         flags = [f"--runner={self.runner}", *self.flags]
         if self.runner == DEFAULT_RUNNER:
-            n = max(1, min(self.workers, n_tasks))
-            flags += ["--direct_running_mode=" + ("multi_processing" if n > 1 else "in_memory"), f"--direct_num_workers={n}"]
+            mode = "multi_processing" if workers > 1 else "in_memory"
+            flags += [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
         elif not any(f.startswith("--job_name") for f in flags):
-            flags.append(f"--job_name={_job_name(label, tasks[0].step_url)}")
+            flags.append(f"--job_name={_job_name(label, step_url)}")
         return flags
 
     def run(self, tasks: list[Task], label: str, on_done: OnDone | None = None) -> None:
-        if not tasks:
+        self.run_phases([(label, tasks)], on_done)
+
+    def run_phases(self, phases: list[tuple[str, list[Task]]], on_done: OnDone | None = None) -> None:
+        """One Beam pipeline for all the phases: each phase's tasks wait (side input) for the
+        markers of the phase before, so the order holds inside the pipeline and its workers
+        start once."""
+        phases = [(label, tasks) for label, tasks in phases if tasks]
+        if not phases:
             return
+        every = [t for _, tasks in phases for t in tasks]
         t0 = time.monotonic()
+        workers = max(1, min(self.workers, max(len(tasks) for _, tasks in phases)))
+        claims_root = storage.join(every[0].step_url, TASKS_DIR, f"claims-{uuid.uuid4().hex[:12]}")
         quiet = [logging.getLogger(n) for n in _QUIET_LOGGERS] if self.runner == DEFAULT_RUNNER else []
         levels = [q.level for q in quiet]
         for q in quiet:
             q.setLevel(logging.CRITICAL)
         try:
-            with RecordWatcher(tasks, on_done):
+            with RecordWatcher(every, on_done):
                 try:
-                    pipeline = beam.Pipeline(options=PipelineOptions(self._flags(tasks, label)))
-                    _ = pipeline | label >> RunTasks(tasks)
+                    first = phases[0][0]
+                    pipeline = beam.Pipeline(options=PipelineOptions(self._flags(workers, first, every[0].step_url)))
+                    done = None
+                    for label, tasks in phases:
+                        # The in-process runner splits elements statically among its workers:
+                        # there, workers claim tasks as they go (see the module docstring).
+                        claims = (storage.join(claims_root, label.rsplit("/", 1)[-1])
+                                  if self.runner == DEFAULT_RUNNER and workers > 1 and len(tasks) > 1 else None)
+                        done = pipeline | label >> RunTasks(tasks, claims, min(workers, len(tasks)), after=done)
                     result = pipeline.run()
                     state = result.wait_until_finish()
                     if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
-                        raise RuntimeError(f"Beam pipeline {label} ended in state {state}")
+                        raise RuntimeError(f"Beam pipeline {first} ended in state {state}")
                 except Exception as exc:
-                    raise_failure(tasks, exc)
+                    raise_failure(every, exc)
+            storage.remove_tree(claims_root)
         finally:
             for q, lv in zip(quiet, levels):
                 q.setLevel(lv)

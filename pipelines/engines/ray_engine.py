@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from pipelines.config import ConfigError
 from pipelines.engines.base import ACTORS, ActorGroup, Engine, OnDone
-from pipelines.tasks import Task, raise_failure, run_task
+from pipelines.tasks import Task, heaviest_first, raise_failure, run_task
 
 # A task whose worker process or node died is run again up to this many times.
 TASK_RETRIES = 3
@@ -71,6 +71,7 @@ class RayEngine(Engine):
         # Bounded in-flight tasks: enough to keep every CPU busy without flooding the
         # object store with tasks that cannot start yet.
         window = max(2, 2 * self.workers)
+        tasks = heaviest_first(tasks)  # the longest tasks start first: a shorter tail
         pending: dict[Any, Task] = {}
         next_i = 0
         try:

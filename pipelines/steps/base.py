@@ -71,6 +71,10 @@ class FinishedStep:
         """(part index, URL) of every document part, in part order."""
         return [(p["part"], storage.join(self.url, p["path"])) for p in self.parts]
 
+    def part_weights(self) -> list[int]:
+        """Each part's size in memory (a scheduling hint for the tasks that read it)."""
+        return [int(p.get("bytes", p["rows"])) for p in self.parts]
+
     @property
     def rows(self) -> int:
         return sum(p["rows"] for p in self.parts)
@@ -110,36 +114,65 @@ class StepContext:
         (only,) = self.inputs.values()
         return only
 
-    def run_phase(self, fn: Callable[..., dict], phase: str, args_list: list[dict], desc: str | None = None) -> list[dict]:
+    def run_phase(self, fn: Callable[..., dict], phase: str, args_list: list[dict], desc: str | None = None,
+                  weights: list[int] | None = None) -> list[dict]:
         """Run one phase: reuse the tasks that have records, run the rest on the engine,
-        return every task's record in task order."""
-        tasks = [Task.of(fn, self.url, phase, i, a) for i, a in enumerate(args_list)]
-        records = finished(tasks)
-        todo = [t for i, t in enumerate(tasks) if i not in records]
+        return every task's record in task order. `weights` (e.g. input bytes per task)
+        let engines start the largest tasks first and balance their workers."""
+        return self.run_phases([Phase(fn, phase, args_list, desc, weights)])[0]
+
+    def run_phases(self, phases: list["Phase"]) -> list[list[dict]]:
+        """Run phases that follow each other and whose arguments are all known now: each
+        starts when the one before it has finished, and engines may submit them together
+        (Beam: one pipeline for all of them). Returns each phase's records."""
+        planned = []
+        for ph in phases:
+            weights = ph.weights or [0] * len(ph.args)
+            tasks = [Task.of(ph.fn, self.url, ph.name, i, a, w) for i, (a, w) in enumerate(zip(ph.args, weights))]
+            records = finished(tasks)
+            planned.append((ph, tasks, [t for i, t in enumerate(tasks) if i not in records], records))
+        todo = [(f"{self.name}/{ph.name}", left) for ph, _, left, _ in planned if left]
         if todo:
-            clear_errors(todo)
-            label = desc or f"{self.name}: {phase}"
-            bar = Progress(f"{label} ({len(records)} resumed)" if records else label, len(todo), self.progress)
+            clear_errors([t for _, left in todo for t in left])
+            labels = [(ph.desc or f"{self.name}: {ph.name}") + (f" ({len(done)} resumed)" if done else "")
+                      for ph, _, left, done in planned if left]
+            bar = Progress("; ".join(labels), sum(len(left) for _, left in todo), self.progress)
 
             def on_done(task: Task) -> None:
                 rec = storage.read_json(task.record_url) if bar.enabled else {}
                 bar.update(1, int(rec.get("rows_in", rec.get("rows", 0)) or 0))
 
             try:
-                self.engine.run(todo, f"{self.name}/{phase}", on_done)
+                self.engine.run_phases(todo, on_done)
             finally:
                 bar.close()
-            records = finished(tasks)
+        out = []
+        for ph, tasks, left, records in planned:
+            if left:
+                records = finished(tasks)
             missing = [t.name for i, t in enumerate(tasks) if i not in records]
             if missing:
-                raise RuntimeError(f"{self.name}: engine {self.engine.name} ended phase {phase} but tasks {missing[:5]} "
+                raise RuntimeError(f"{self.name}: engine {self.engine.name} ended phase {ph.name} but tasks {missing[:5]} "
                                    f"({len(missing)} in all) left no record")
-        out = [records[i] for i in range(len(tasks))]
-        secs = [float(r.get("task_seconds", 0.0)) for r in out]
-        self.phases[phase] = {"tasks": len(tasks), "resumed": len(tasks) - len(todo),
-                              "task_seconds": {"sum": round(sum(secs), 3), "min": round(min(secs, default=0), 4),
-                                               "mean": round(sum(secs) / max(1, len(secs)), 4), "max": round(max(secs, default=0), 4)}}
+            recs = [records[i] for i in range(len(tasks))]
+            secs = [float(r.get("task_seconds", 0.0)) for r in recs]
+            self.phases[ph.name] = {"tasks": len(tasks), "resumed": len(tasks) - len(left),
+                                    "task_seconds": {"sum": round(sum(secs), 3), "min": round(min(secs, default=0), 4),
+                                                     "mean": round(sum(secs) / max(1, len(secs)), 4),
+                                                     "max": round(max(secs, default=0), 4)}}
+            out.append(recs)
         return out
+
+
+@dataclass
+class Phase:
+    """A phase for StepContext.run_phases: `fn(step_url, index, **args[index])` per task."""
+
+    fn: Callable[..., dict]
+    name: str
+    args: list[dict]
+    desc: str | None = None
+    weights: list[int] | None = None
 
 
 class Step(ABC):
@@ -198,7 +231,7 @@ def merge_counters(results: list[dict], key: str = "counters") -> dict[str, int]
 
 
 def parquet_entry(kind: str, i: int, table: pa.Table, sha: str) -> dict:
-    return {"path": f"{kind}/{part_name(i)}", "part": i, "rows": table.num_rows, "sha256": sha}
+    return {"path": f"{kind}/{part_name(i)}", "part": i, "rows": table.num_rows, "bytes": int(table.nbytes), "sha256": sha}
 
 
 def write_part(step_url: str, kind: str, i: int, table: pa.Table, compression: str) -> dict:

@@ -14,8 +14,8 @@ import pyarrow as pa
 
 from pipelines.config import RunConfig
 from pipelines.steps import shuffle
-from pipelines.steps.base import Pins, Step, StepContext, part_name
-from pipelines.steps.docmap import map_parts, success_payload
+from pipelines.steps.base import Phase, Pins, Step, StepContext, part_name
+from pipelines.steps.docmap import map_phase, success_payload
 from stages import storage
 from stages.dedup_exact import ExactKeyOptions, duplicates_in_bucket, key_hashes
 from stages.records import dropped_table
@@ -71,9 +71,12 @@ class DedupExactStep(Step):
         inp = ctx.input_docs()
         opts = ctx.cfg.dedup_exact.model_dump(exclude={"enabled"})
         buckets = shuffle.num_buckets(inp.rows, ctx.cfg.shuffle_rows_per_bucket)
-        ctx.run_phase(keys_task, "keys", [dict(in_url=u, part=p, opts=opts, buckets=buckets, compression=ctx.compression)
-                                          for p, u in inp.part_urls()], "dedup_exact: hash")
-        ctx.run_phase(reduce_task, "reduce", [dict(compression=ctx.compression)] * buckets, "dedup_exact: group")
-        payload = success_payload(map_parts(ctx, exact_filter_part, dict(step_url=ctx.url), "dedup_exact: filter", phase="filter"))
+        _, _, filtered = ctx.run_phases([
+            Phase(keys_task, "keys", [dict(in_url=u, part=p, opts=opts, buckets=buckets, compression=ctx.compression)
+                                      for p, u in inp.part_urls()], "dedup_exact: hash", inp.part_weights()),
+            Phase(reduce_task, "reduce", [dict(compression=ctx.compression)] * buckets, "dedup_exact: group"),
+            map_phase(ctx, exact_filter_part, dict(step_url=ctx.url), "dedup_exact: filter", phase="filter"),
+        ])
+        payload = success_payload(filtered)
         payload["buckets"] = buckets
         return payload

@@ -27,8 +27,8 @@ import pyarrow as pa
 
 from pipelines.config import ConfigError, RunConfig
 from pipelines.steps import shuffle
-from pipelines.steps.base import Pins, Step, StepContext
-from pipelines.steps.docmap import map_parts, success_payload
+from pipelines.steps.base import Phase, Pins, Step, StepContext
+from pipelines.steps.docmap import map_phase, success_payload
 from stages import dedup_near as nd
 from stages import storage
 from stages.records import dropped_table
@@ -177,30 +177,41 @@ class DedupNearStep(Step):
         buckets = shuffle.num_buckets(inp.rows * params.bands, ctx.cfg.shuffle_rows_per_bucket)
         c = ctx.compression
         per_part = [dict(in_url=u, part=i) for i, u in parts]
-        bands = ctx.run_phase(bands_task, "bands", [dict(a, params=p, buckets=buckets, compression=c) for a in per_part],
-                              "dedup_near: signatures")
-        edges = ctx.run_phase(edges_task, "edges", [dict(verify=params.verify, compression=c)] * buckets, "dedup_near: candidates")
+        weights = inp.part_weights()
+
+        def cc(phase: str, rnd: int, src: str | list[str]) -> Phase:
+            srcs = src if isinstance(src, list) else [src] * buckets
+            return Phase(cc_task_files, cc_phase_dir(phase, rnd),
+                         [dict(phase=phase, rnd=rnd, src=s, partitions=buckets, compression=c) for s in srcs],
+                         f"dedup_near: components {phase} {rnd}")
+
+        # Everything up to the components' first phase is known now: one submission.
+        candidates = [Phase(bands_task, "bands", [dict(a, params=p, buckets=buckets, compression=c) for a in per_part],
+                            "dedup_near: signatures", weights),
+                      Phase(edges_task, "edges", [dict(verify=params.verify, compression=c)] * buckets, "dedup_near: candidates")]
         if params.verify:
-            ctx.run_phase(verify_src_task, "verify_src", [dict(a, params=p, compression=c) for a in per_part], "dedup_near: verify (src)")
-            ctx.run_phase(verify_dst_task, "verify_dst", [dict(a, params=p, compression=c) for a in per_part], "dedup_near: verify (dst)")
+            candidates += [Phase(verify_src_task, "verify_src", [dict(a, params=p, compression=c) for a in per_part],
+                                 "dedup_near: verify (src)", weights),
+                           Phase(verify_dst_task, "verify_dst", [dict(a, params=p, compression=c) for a in per_part],
+                                 "dedup_near: verify (dst)", weights)]
             edge_urls = [storage.join(ctx.url, "verified", f"part-{i:05d}.parquet") for i, _ in parts]
         else:
             edge_urls = [storage.join(ctx.url, "verified", f"part-{j:05d}.parquet") for j in range(buckets)]
-        prev = {"dir": ""}
+        bands, edges, *_ = ctx.run_phases(candidates + [cc("route", 0, edge_urls)])
 
-        def components_phase(phase: str, rnd: int) -> list[bool]:
-            if phase == "route":
-                args = [dict(phase=phase, rnd=rnd, src=u, partitions=buckets, compression=c) for u in edge_urls]
-            else:
-                args = [dict(phase=phase, rnd=rnd, src=prev["dir"], partitions=buckets, compression=c)] * buckets
-            records = ctx.run_phase(cc_task_files, cc_phase_dir(phase, rnd), args, f"dedup_near: components {phase} {rnd}")
-            prev["dir"] = cc_phase_dir(phase, rnd)
-            return [r["changed"] for r in records]
+        def one_round(rnd: int) -> bool:
+            prev = cc_phase_dir("route", 0) if rnd == 1 else cc_phase_dir("small", rnd - 1)
+            large, small = ctx.run_phases([cc("large", rnd, prev), cc("small", rnd, cc_phase_dir("large", rnd))])
+            return any(r["changed"] for r in large + small)
 
-        rounds = nd.component_rounds(components_phase)
-        ctx.run_phase(ids_task, "ids", [dict(a, buckets=buckets, compression=c) for a in per_part], "dedup_near: ids")
-        ctx.run_phase(keepers_task, "keepers", [dict(compression=c)] * buckets, "dedup_near: keepers")
-        payload = success_payload(map_parts(ctx, near_filter_part, dict(step_url=ctx.url), "dedup_near: filter", phase="filter"))
+        rounds = nd.component_rounds(one_round)
+        *_, filtered = ctx.run_phases([
+            cc("labels", rounds, cc_phase_dir("small", rounds)),
+            Phase(ids_task, "ids", [dict(a, buckets=buckets, compression=c) for a in per_part], "dedup_near: ids", weights),
+            Phase(keepers_task, "keepers", [dict(compression=c)] * buckets, "dedup_near: keepers"),
+            map_phase(ctx, near_filter_part, dict(step_url=ctx.url), "dedup_near: filter", phase="filter"),
+        ])
+        payload = success_payload(filtered)
         payload["buckets"] = buckets
         payload["params"] = p
         payload["counters"]["candidate_edges"] = sum(r["candidates"] for r in edges)

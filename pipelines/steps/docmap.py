@@ -13,7 +13,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from pipelines.steps.base import Step, StepContext, merge_counters, write_part
+from pipelines.steps.base import Phase, Step, StepContext, merge_counters, write_part
 from pipelines.tasks import function_name, resolve
 from stages import storage
 
@@ -39,15 +39,23 @@ def map_docs_task(step_url: str, index: int, in_url: str, part: int, processor: 
     }
 
 
-def map_parts(ctx: StepContext, processor: Processor, options: dict, desc: str, phase: str = "map",
-              kind_out: str = "docs", source: list[tuple[int, str]] | None = None) -> list[dict]:
-    """Run `processor` over every document part of the input step (or over `source`:
-    (part index, URL) pairs); output part i is written for input part i."""
-    parts = source if source is not None else ctx.input_docs().part_urls()
+def map_phase(ctx: StepContext, processor: Processor, options: dict, desc: str, phase: str = "map",
+              kind_out: str = "docs", source: list[tuple[int, str]] | None = None) -> Phase:
+    """The phase that runs `processor` over every document part of the input step (or over
+    `source`: (part index, URL) pairs); output part i is written for input part i."""
+    inp = ctx.input_docs()
+    parts = source if source is not None else inp.part_urls()
+    weights = inp.part_weights() if len(parts) == len(inp.parts) else None
     name = function_name(processor)
     args = [dict(in_url=u, part=p, processor=name, options=options, compression=ctx.compression, kind_out=kind_out)
             for p, u in parts]
-    return ctx.run_phase(map_docs_task, phase, args, desc)
+    return Phase(map_docs_task, phase, args, desc, weights)
+
+
+def map_parts(ctx: StepContext, processor: Processor, options: dict, desc: str, phase: str = "map",
+              kind_out: str = "docs", source: list[tuple[int, str]] | None = None) -> list[dict]:
+    """Run `map_phase` now; returns its records."""
+    return ctx.run_phases([map_phase(ctx, processor, options, desc, phase, kind_out, source)])[0]
 
 
 def success_payload(results: list[dict]) -> dict:

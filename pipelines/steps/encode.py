@@ -193,7 +193,7 @@ class EncodeStep(Step):
         st = c.stochastok.model_dump()
         args = [dict(in_url=u, part=p, tokenizer=tok.to_args(), eod=c.eod, bos=c.bos, stochastok=st, compression=ctx.compression)
                 for p, u in docs.part_urls()]
-        results = ctx.run_phase(encode_task, "encode", args, "encode")
+        results = ctx.run_phase(encode_task, "encode", args, "encode", docs.part_weights())
         first = results[0]  # every task loads the same tokenizer
         return {"counters": merge_counters(results), "parts": [p for r in results for p in r["parts"]],
                 "tokenizer": ctx.relative(tok.url),

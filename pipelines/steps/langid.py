@@ -17,13 +17,14 @@ from collections import Counter
 import pyarrow as pa
 
 from pipelines.config import RunConfig
-from pipelines.steps.base import Pins, Step, StepContext
-from pipelines.steps.docmap import map_parts, success_payload
+from pipelines.steps.base import Phase, Pins, Step, StepContext, part_name
+from pipelines.steps.docmap import map_parts, map_phase, success_payload
 from stages import storage
 from stages.langid import LanguageIdentifier, bundled_fasttext_model, drop_reasons, fit_thresholds
 from stages.records import dropped_table, empty_dropped
 
-MODEL = "langid.model_path"  # the file it names, or the bundled lid.176.ftz
+MODEL = "langid.model_path"
+THRESHOLDS = "thresholds.json"  # the file it names, or the bundled lid.176.ftz
 
 
 @functools.lru_cache(maxsize=4)
@@ -43,10 +44,13 @@ def annotate_part(docs: pa.Table, part: int, backend: str, model_path: str | Non
     return docs, empty_dropped(), counters
 
 
-def decide_part(docs: pa.Table, part: int, keep: list[str] | None, thresholds: dict[str, float], default: float,
+def decide_part(docs: pa.Table, part: int, keep: list[str] | None, thresholds: dict[str, float] | str, default: float,
                 annotate: dict | None = None):
-    """Processor: drop documents by language keep-list and per-language thresholds
-    (annotating first when `annotate` gives the backend and model)."""
+    """Processor: drop documents by language keep-list and per-language thresholds (or the
+    URL of the file the fit phase wrote them to), annotating first when `annotate` gives
+    the backend and model."""
+    if isinstance(thresholds, str):
+        thresholds = storage.read_json(thresholds)
     counters: Counter = Counter()
     if annotate is not None:
         docs, counters = _annotate(docs, **annotate)
@@ -60,19 +64,21 @@ def decide_part(docs: pa.Table, part: int, keep: list[str] | None, thresholds: d
 
 
 def fit_task(step_url: str, index: int, spec: dict, default: float) -> dict:
-    """The `auto` thresholds from every annotated part's (lang, score) columns."""
+    """The `auto` thresholds from every annotated part's (lang, score) columns, written to
+    thresholds.json for the filter phase (and in the record, for the step)."""
     cols = [storage.read_parquet(u, columns=["lang", "lang_score"])
             for u in storage.list_files(storage.join(step_url, "annotated"), ".parquet")]
     both = pa.concat_tables(cols) if cols else pa.table({"lang": pa.array([], pa.string()), "lang_score": pa.array([], pa.float32())})
     thresholds = fit_thresholds(both.column("lang").to_pylist(), both.column("lang_score").to_numpy(zero_copy_only=False),
                                 spec, default)
+    storage.atomic_write_json(storage.join(step_url, THRESHOLDS), thresholds)
     return {"thresholds": thresholds, "rows": both.num_rows}
 
 
 class LangIdStep(Step):
     name = "langid"
     code_version = 2  # 2: the (bundled) model's sha256 is part of the version
-    scratch = ("annotated",)
+    scratch = ("annotated", THRESHOLDS)
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.langid.enabled
@@ -105,12 +111,17 @@ class LangIdStep(Step):
         if len(fixed) == len(c.thresholds):
             return success_payload(map_parts(ctx, decide_part, dict(keep=c.keep, thresholds=fixed, default=c.threshold,
                                                                       annotate=model), "langid"))
-        annotated = map_parts(ctx, annotate_part, model, "langid: predict", phase="predict", kind_out="annotated")
-        (fit,) = ctx.run_phase(fit_task, "fit", [dict(spec=dict(c.thresholds), default=c.threshold)], "langid: thresholds")
+        # predict writes annotated/part-i for input part i, which the filter reads: all three
+        # phases are known now (fit hands the thresholds on in a file).
+        urls = [(i, storage.join(ctx.url, "annotated", part_name(i))) for i, _ in ctx.input_docs().part_urls()]
+        annotated, (fit,), filtered = ctx.run_phases([
+            map_phase(ctx, annotate_part, model, "langid: predict", phase="predict", kind_out="annotated"),
+            Phase(fit_task, "fit", [dict(spec=dict(c.thresholds), default=c.threshold)], "langid: thresholds"),
+            map_phase(ctx, decide_part, dict(keep=c.keep, thresholds=storage.join(ctx.url, THRESHOLDS), default=c.threshold),
+                      "langid: filter", phase="filter", source=urls),
+        ])
         thresholds = fit["thresholds"]
-        urls = [(e["part"], storage.join(ctx.url, e["path"])) for r in annotated for e in r["parts"]]
-        payload = success_payload(map_parts(ctx, decide_part, dict(keep=c.keep, thresholds=thresholds, default=c.threshold),
-                                            "langid: filter", phase="filter", source=urls))
+        payload = success_payload(filtered)
         payload["counters"] = dict(sorted((Counter(payload["counters"]) + Counter(
             {k: v for r in annotated for k, v in r["counters"].items() if k.startswith("lang:")})).items()))
         payload["thresholds"] = thresholds

@@ -111,8 +111,10 @@ class ReadStep(Step):
         for i, (f, fmt) in enumerate(zip(files, fmts)):
             base = dict(url=f.url, rel=f.rel, fmt=fmt)
             if fmt == "parquet":
-                tasks += [dict(base, kind="rowgroups", start=a, end=b)
-                          for a, b in group_row_groups(row_groups[i], cfg.input.parquet_rows_per_task)]
+                sizes = row_groups[i]
+                share = f.size / max(1, sum(sizes))  # file bytes per row: the tasks' weights
+                tasks += [dict(base, kind="rowgroups", start=a, end=b, weight=int(share * sum(sizes[a:b])))
+                          for a, b in group_row_groups(sizes, cfg.input.parquet_rows_per_task)]
             elif rd.codec_of(f.rel) or f.size <= cfg.input.task_bytes:
                 tasks.append(dict(base, kind="stream", start=0, end=f.size))
             else:
@@ -128,8 +130,9 @@ class ReadStep(Step):
             before[i] = running.get(url, 0)
             running[url] = before[i] + c["newlines"]
         spec = _spec(cfg)
+        weights = [t.pop("weight", t["end"] - t["start"]) for t in tasks]
         args = [dict(t, newlines_before=before.get(i, 0), spec=spec, compression=ctx.compression) for i, t in enumerate(tasks)]
-        results = ctx.run_phase(read_task, "read", args, "read")
+        results = ctx.run_phase(read_task, "read", args, "read", weights)
         return {
             "counters": merge_counters(results),
             "parts": [p for r in results for p in r["parts"]],

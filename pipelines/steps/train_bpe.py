@@ -24,7 +24,7 @@ from collections import Counter
 
 from pipelines.config import ConfigError, RunConfig
 from pipelines.engines import ACTORS
-from pipelines.steps.base import Pins, Step, StepContext
+from pipelines.steps.base import Phase, Pins, Step, StepContext
 from pipelines.tasks import Task, clear_errors, finished, raise_failure, run_task
 from stages import storage
 from stages.bpe import (BpeConfig, BpeConfigError, BpeModel, WordStoreShard, WordTable, byte_histogram, coordinate_merges,
@@ -45,7 +45,7 @@ def _check_cap(words: int, key_bytes: int, cap_mb: int, what: str) -> None:
     estimate = words * _BYTES_PER_WORD + key_bytes
     if estimate > cap_mb << 20:
         raise WordTableMemoryError(
-            f"{what} holds {words:,} distinct words, about {estimate >> 20} MB, over the cap of {cap_mb} MB "
+            f"{what} holds {words:,} distinct words, about {estimate / 2**20:.1f} MB, over the cap of {cap_mb} MB "
             "(tokenizer.train.max_partition_mb); raise tokenizer.train.partitions, raise max_partition_mb, "
             "or set prune_below")
 
@@ -196,26 +196,27 @@ class TrainBpeStep(Step):
         bpe = bpe_config(ctx.cfg)
         docs = ctx.input_docs()
         partitions = bpe.partitions or max(1, math.ceil(docs.rows / DOCS_PER_PARTITION))
-        use_actors = ACTORS in ctx.engine.capabilities
         stages = [("", bpe.pretok())] + ([("_super", bpe.pretok(superword=True))] if bpe.superbpe else [])
+        use_actors = ACTORS in ctx.engine.capabilities
         group = ctx.engine.actors(WordPartition, [(p,) for p in range(partitions)]) if use_actors else None
         try:
-            counting, reduced = {}, {}
-            for stage, spec in stages:
-                counts = ctx.run_phase(count_task, "count" + stage, [
-                    dict(in_url=u, spec=dataclasses.asdict(spec), partitions=partitions, stage=stage,
-                         cap_mb=bpe.max_partition_mb, by_source=bpe.record_mixture) for _, u in docs.part_urls()],
-                    f"train_bpe: count words{stage.replace('_', ' ')}")
-                reduced[stage] = self._reduce(ctx, group, stage, partitions, bpe)
-                sources: Counter = Counter()
-                for r in counts:
-                    sources.update(r.get("sources", {}))
-                counting[stage] = {"sequences": sum(r["sequences"] for r in counts), "bytes": sum(r["bytes"] for r in counts),
-                                   "count_tasks": len(counts), "partitions": partitions, "actors": use_actors,
-                                   "partition_words": [r["words"] for r in reduced[stage]],
-                                   "peak_rss_mb_count_tasks": max((r["peak_rss_mb"] for r in counts), default=0.0),
-                                   "peak_rss_mb_partitions": max((r["peak_rss_mb"] for r in reduced[stage]), default=0.0),
-                                   **({"sources": dict(sorted(sources.items()))} if sources else {})}
+            count_phases = [Phase(count_task, "count" + stage, [
+                dict(in_url=u, spec=dataclasses.asdict(spec), partitions=partitions, stage=stage, cap_mb=bpe.max_partition_mb,
+                     by_source=bpe.record_mixture) for _, u in docs.part_urls()],
+                f"train_bpe: count words{stage.replace('_', ' ')}", docs.part_weights()) for stage, spec in stages]
+            reduce_phases = [Phase(reduce_task, "reduce" + stage, [dict(stage=stage, prune_below=bpe.prune_below,
+                                                                        cap_mb=bpe.max_partition_mb)] * partitions,
+                                   "train_bpe: reduce") for stage, _ in stages]
+            names = [stage for stage, _ in stages]
+            if group is None:  # counts and reduces are all known now: one submission
+                records = ctx.run_phases([ph for pair in zip(count_phases, reduce_phases) for ph in pair])
+                counts, reduced = dict(zip(names, records[0::2])), dict(zip(names, records[1::2]))
+            else:  # the reduce runs in the actors, after the counts
+                counts, reduced = {}, {}
+                for (stage, _), count_ph, reduce_ph in zip(stages, count_phases, reduce_phases):
+                    (counts[stage],) = ctx.run_phases([count_ph])
+                    reduced[stage] = self._reduce_in_actors(ctx, group, reduce_ph)
+            counting = {stage: self._counting(counts[stage], reduced[stage], partitions, group is not None) for stage, _ in stages}
             if bpe.merge_mode == "single":
                 counting_url = storage.join(ctx.url, "counting.json")
                 storage.atomic_write_json(counting_url, counting)
@@ -229,13 +230,23 @@ class TrainBpeStep(Step):
         return {"tokenizer": "tokenizer.json", "vocab": result["vocab"], "merges": result["merges"], "files": result["files"],
                 "partitions": partitions, "counters": {"words": result["words"], "merges": result["merges"]}}
 
-    def _reduce(self, ctx: StepContext, group, stage: str, partitions: int, bpe: BpeConfig) -> list[dict]:
-        args = [dict(stage=stage, prune_below=bpe.prune_below, cap_mb=bpe.max_partition_mb)] * partitions
-        if group is None:
-            return ctx.run_phase(reduce_task, "reduce" + stage, args, "train_bpe: reduce")
-        # On the actors: each runs its partition's reduce task (same task, same files, same
-        # record), then run_phase finds every record and only reads them.
-        tasks = [Task.of(reduce_task, ctx.url, "reduce" + stage, p, a) for p, a in enumerate(args)]
+    @staticmethod
+    def _counting(counts: list[dict], reduced: list[dict], partitions: int, actors: bool) -> dict:
+        """The counting figures of one stage, for training_stats.json."""
+        sources: Counter = Counter()
+        for r in counts:
+            sources.update(r.get("sources", {}))
+        return {"sequences": sum(r["sequences"] for r in counts), "bytes": sum(r["bytes"] for r in counts),
+                "count_tasks": len(counts), "partitions": partitions, "actors": actors,
+                "partition_words": [r["words"] for r in reduced],
+                "peak_rss_mb_count_tasks": max((r["peak_rss_mb"] for r in counts), default=0.0),
+                "peak_rss_mb_partitions": max((r["peak_rss_mb"] for r in reduced), default=0.0),
+                **({"sources": dict(sorted(sources.items()))} if sources else {})}
+
+    def _reduce_in_actors(self, ctx: StepContext, group, phase: Phase) -> list[dict]:
+        """Each actor runs its partition's reduce task (same task, same files, same record);
+        then run_phases finds every record and only reads them."""
+        tasks = [Task.of(phase.fn, ctx.url, phase.name, p, a) for p, a in enumerate(phase.args)]
         done = finished(tasks)
         todo = [t for i, t in enumerate(tasks) if i not in done]
         if todo:
@@ -244,7 +255,7 @@ class TrainBpeStep(Step):
                 group.call("reduce", [(t.to_json() if i not in done else None,) for i, t in enumerate(tasks)])
             except Exception as exc:
                 raise_failure(todo, exc)
-        return ctx.run_phase(reduce_task, "reduce" + stage, args, "train_bpe: reduce")
+        return ctx.run_phases([phase])[0]
 
     def _sharded_merge(self, ctx: StepContext, group, reduced: list[dict], counting: dict, partitions: int,
                        bpe: BpeConfig) -> dict:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from pipelines.config import RunConfig
 from pipelines.steps import shuffle
-from pipelines.steps.base import Pins, Step, StepContext, read_finished
+from pipelines.steps.base import Phase, Pins, Step, StepContext, read_finished
 from stages import shards as sh
 from stages import storage
 from stages.encode import arrow_to_flat
@@ -119,21 +119,24 @@ class WriteShardsStep(Step):
         size_col = "n_tokens" if streams[0] == sh.PLAIN_STREAM else "n_stochastok"
         vocab = int(enc.record["vocab_size"])
         target = sh.target_in_tokens(cfg.shards.target, cfg.shards.unit, dtype_for_vocab(vocab))
-        (plan,) = ctx.run_phase(plan_task, "plan", [dict(encoded_url=enc.url, size_col=size_col, target=target,
-                                                         shuffle_seed=cfg.shards.seed if cfg.shards.shuffle else None)],
-                                "write_shards: plan")
         parts = enc.part_urls()
         columns = routed_columns(streams)
-        ctx.run_phase(route_task, "route", [dict(in_url=u, part=p, columns=columns, compression=ctx.compression) for p, u in parts],
-                      "write_shards: route")
-        results = ctx.run_phase(shard_task, "shard", [dict(streams=streams, vocab_size=vocab, encoded_part=parts[0][1],
-                                                           columns=columns)] * plan["num_shards"], "write_shards: shards")
+        (plan,), _ = ctx.run_phases([
+            Phase(plan_task, "plan", [dict(encoded_url=enc.url, size_col=size_col, target=target,
+                                           shuffle_seed=cfg.shards.seed if cfg.shards.shuffle else None)], "write_shards: plan"),
+            Phase(route_task, "route", [dict(in_url=u, part=p, columns=columns, compression=ctx.compression) for p, u in parts],
+                  "write_shards: route", enc.part_weights()),
+        ])
+        names = [sh.shard_name(k, s) for s in streams for k in range(plan["num_shards"])]
+        results, _ = ctx.run_phases([
+            Phase(shard_task, "shard", [dict(streams=streams, vocab_size=vocab, encoded_part=parts[0][1], columns=columns)]
+                  * plan["num_shards"], "write_shards: shards"),
+            Phase(index_task, "index", [dict(names=names)], "write_shards: index"),
+        ])
         records = [sh.ShardRecord.from_dict(r) for res in results for r in res["records"]]
         written = sum(res["rows_in"] for res in results)
         if written != plan["documents"]:
             raise AssertionError(f"write_shards: {plan['documents']} documents encoded, {written} written to shards")
-        names = [sh.shard_name(k, s) for s in streams for k in range(plan["num_shards"])]
-        ctx.run_phase(index_task, "index", [dict(names=names)], "write_shards: index")
         tok_path = ctx.resolve(enc.record["tokenizer"])
         tokenizer = {**sh.tokenizer_info(tok_path, vocab_size=vocab,
                                          preset=cfg.tokenizer.train.get("preset") if not cfg.tokenizer.path else None),
