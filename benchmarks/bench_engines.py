@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     identical = {k: all(r["sums"] == ref for r in v) for k, v in runs.items()}
     s = runs["local"][0]["summary"]
     med = {k: statistics.median(r["wall"] for r in v) for k, v in runs.items()}
-    step_names = list(runs["local"][0]["steps"])
+    order = ["read", "normalize", "langid", "dedup_exact", "dedup_near", "write", "train_bpe", "encode", "write_shards"]
+    step_names = sorted(runs["local"][0]["steps"], key=lambda n: order.index(n) if n in order else len(order))
     step_med = {k: {n: statistics.median(r["steps"][n] for r in v) for n in step_names} for k, v in runs.items()}
     beam_pipes = runs["beam"][0]["pipelines"]
     lines = [
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
               f"- Outputs byte-identical to the local run (every file of every step, summary without timings): "
               + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in identical.items()),
               f"- Beam / Ray, whole plan: **{med['beam'] / med['ray']:.2f}** (target <= {TARGET}); "
-              f"Beam ran {sum(beam_pipes.values())} pipelines (one per phase).",
+              f"Beam ran {sum(beam_pipes.values())} pipelines (one per submission: phases whose tasks are known together share one).",
               f"- Ray's share not in its steps (start-up of the embedded cluster, planning): "
               f"{med['ray'] - steps_total['ray']:.1f} s; Beam's: {med['beam'] - steps_total['beam']:.1f} s."]
     text = "\n".join(lines) + "\n"

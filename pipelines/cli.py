@@ -53,13 +53,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shown(url: str) -> str:
+    """A local path as the user would type it (relative to here when below here)."""
+    import os
+
+    if "://" in url:
+        return url
+    rel = os.path.relpath(url)
+    return url if rel.startswith("..") else rel
+
+
 def _report(plan) -> int:
     from pipelines.steps.accounting import SUMMARY, format_table
     from stages import storage
 
     summary_url = storage.join(plan.step_url("accounting"), SUMMARY)
     if storage.exists(summary_url):
-        print(format_table(storage.read_json(summary_url)))
+        print(format_table(storage.read_json(summary_url), _shown(plan.run_root)))
     return EXIT_OK
 
 

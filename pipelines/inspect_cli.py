@@ -93,8 +93,21 @@ def _doc_ids(base: str, shard_name: str) -> dict[int, str]:
     return {pos[i]: ids[i] for i in rows}
 
 
+def _expand(prefix: str) -> str:
+    """A prefix with a wildcard (as the README's example gives it, quoted or not matched by
+    the shell) names the one shard it matches."""
+    if not any(c in prefix for c in "*?["):
+        return prefix
+    fs, path = storage.filesystem(prefix)
+    found = sorted(fs.glob(path + ".idx")) or sorted(p.rstrip("/") for p in fs.glob(path) if fs.isdir(p))
+    if len(found) != 1:
+        return prefix  # none or several: reported below as not found
+    return storage.url_of(found[0][:-4] if found[0].endswith(".idx") else found[0], storage.protocol_of(prefix))
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    args.prefix = _expand(args.prefix)
     base, manifest = _manifest_dir(args.prefix)
     fs, path = storage.filesystem(args.prefix)
     if fs.exists(f"{path}.idx"):

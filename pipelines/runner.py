@@ -85,18 +85,20 @@ def run_step(plan: Plan, name: str, engine: Engine) -> FinishedStep:
         **payload,
     }
     storage.atomic_write_json(success_url, record)
-    remove_scratch(plan, name)
+    remove_scratch(plan, name, temporaries=True)
     log(f"{name}: done in {seconds:,.1f}s")
     return FinishedStep(name, planned.version, url, record)
 
 
-def remove_scratch(plan: Plan, name: str) -> None:
-    """Task records and shuffle scratch of a finished step (kept with output.keep_scratch)."""
-    if plan.cfg.output.keep_scratch:
-        return
+def remove_scratch(plan: Plan, name: str, temporaries: bool = False) -> None:
+    """Task records and shuffle scratch of a finished step (kept with output.keep_scratch),
+    and with `temporaries` the ones that killed writers left in it (a listing of the folder)."""
     url = plan.step_url(name)
-    for sub in ("_tasks", *plan.step_object(name).scratch):
-        storage.remove_tree(storage.join(url, sub))
+    if not plan.cfg.output.keep_scratch:
+        for sub in ("_tasks", *plan.step_object(name).scratch):
+            storage.remove_tree(storage.join(url, sub))
+    if temporaries:
+        storage.remove_temporaries(url)
 
 
 def run_plan(plan: Plan, engine: Engine | None = None, until: str | None = None) -> list[FinishedStep]:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from stages.storage import filesystem
+from stages.storage import TMP_MARK, filesystem
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -68,7 +68,7 @@ UINT16_VOCAB_LIMIT = 65_500
 TOKEN_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
 
 _INT32_MAX = np.iinfo(np.int32).max
-_TMP_MARK = ".tmp-"
+_TMP_MARK = TMP_MARK
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:

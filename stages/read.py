@@ -135,12 +135,9 @@ class DocBuilder:
         if not raw.strip():
             self.counters["blank_lines"] += 1  # not a record: nothing to account for
             return
-        if b"\x00" in raw:
-            return self.quarantine(line_no, "nul_byte", "raw NUL byte in line", raw)
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return self.quarantine(line_no, "invalid_utf8", str(e), raw)
+        line = self._decoded(line_no, raw)
+        if line is None:
+            return
         try:
             record = json.loads(line)
         except ValueError as e:
@@ -151,13 +148,20 @@ class DocBuilder:
 
     def add_text_line(self, line_no: int, raw: bytes) -> None:
         """One line of a plain text file (line ending included) as one document."""
+        text = self._decoded(line_no, raw)
+        if text is not None:
+            self.add_record(line_no, {self.spec.text_field: text}, raw, len(raw), allow_blank=True)
+
+    def _decoded(self, line_no: int, raw: bytes) -> str | None:
+        """A raw line as text, or None after quarantining it (NUL byte, invalid UTF-8)."""
         if b"\x00" in raw:
-            return self.quarantine(line_no, "nul_byte", "raw NUL byte in line", raw)
+            self.quarantine(line_no, "nul_byte", "raw NUL byte in line", raw)
+            return None
         try:
-            text = raw.decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            return self.quarantine(line_no, "invalid_utf8", str(e), raw)
-        self.add_record(line_no, {self.spec.text_field: text}, raw, len(raw), allow_blank=True)
+            self.quarantine(line_no, "invalid_utf8", str(e), raw)
+            return None
 
     def add_record(self, position: int, record: dict, raw: bytes | None, nbytes: int, allow_blank: bool = False) -> None:
         spec = self.spec

@@ -227,9 +227,13 @@ def write_shard(
     stochastok_expanded: int = 0,
     storage_options: dict | None = None,
 ) -> ShardRecord:
-    """Write shard `name` under `out_dir` atomically, then its done marker."""
+    """Write shard `name` under `out_dir` atomically, then its done marker.
+
+    Another writer of the same shard may be at work at the same time (a retried or
+    re-executed task): each writes its own temporaries and renames them into place, so
+    temporaries are not cleaned here; the pipeline removes leftovers once the step is done.
+    """
     prefix = join(out_dir, name)
-    megatron.remove_stale_temporaries(prefix, storage_options)
     files = megatron.write_shard(
         prefix, tokens, lengths, dtype, vocab_size=vocab_size, storage_options=storage_options
     )

@@ -104,7 +104,7 @@ def list_files(url: str, suffix: str = "", storage_options: dict | None = None) 
     if not fs.exists(path):
         return []
     proto = protocol_of(url)
-    names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(suffix) and ".tmp-" not in posixpath.basename(p))
+    names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(suffix) and TMP_MARK not in posixpath.basename(p))
     return [url_of(p, proto) for p in names]
 
 
@@ -153,6 +153,24 @@ def create_exclusive(url: str, data: bytes = b"") -> bool:
     return True
 
 
+TMP_MARK = ".tmp-"  # in the names of atomic writes' temporaries (here and in stages.megatron)
+
+
+def remove_temporaries(url: str) -> int:
+    """Remove the temporaries that killed writers left anywhere under `url` (only when no
+    writer can still be at work there); returns how many."""
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return 0
+    stale = [p for p in fs.find(path) if TMP_MARK in posixpath.basename(p)]
+    for p in stale:
+        try:
+            fs.rm_file(p)
+        except FileNotFoundError:
+            pass
+    return len(stale)
+
+
 def atomic_write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
     """Write to a unique temporary name beside the target, then rename it into place.
 
@@ -164,7 +182,7 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: dict | None = Non
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:12]}"
     if isinstance(fs, LocalFileSystem):
         with open(tmp, "wb") as handle:
             handle.write(data)

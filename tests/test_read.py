@@ -121,3 +121,26 @@ def test_parquet_rows_quarantine_bad_types():
     b = rd.DocBuilder(rd.ReadSpec(), "n.parquet", 0)
     rd.read_parquet_rows(non_string, 0, b)
     assert b.finish()[1].column("reason").to_pylist() == ["non_string_text"] * 2
+
+
+@pytest.mark.parametrize("task_bytes", [None, 3, 10**6])
+def test_text_lines_keep_their_endings_and_blank_lines(task_bytes):
+    """Plain text: every line, its line ending included, is one document, blank lines too
+    (as Hugging Face's file trainer reads a file), whether read whole or in byte ranges."""
+    data = "ab\r\n\nsecond line\n \n\u00e9t\u00e9\nlast without newline".encode()
+    want = ["ab\r\n", "\n", "second line\n", " \n", "\u00e9t\u00e9\n", "last without newline"]
+    b = rd.DocBuilder(rd.ReadSpec(), "f.txt", 0)
+    if task_bytes is None:
+        rd.read_jsonl_stream(io.BytesIO(data), None, b, text=True)
+    else:
+        newlines = 0
+        for start in range(0, len(data), task_bytes):
+            end = min(start + task_bytes, len(data))
+            f = io.BytesIO(data)
+            first = rd.first_line_number(f, start, newlines)
+            rd.read_jsonl_range(f, start, end, first, b, text=True)
+            newlines += data[start:end].count(b"\n")
+    docs, quarantine, _ = b.finish()
+    assert docs.column("text").to_pylist() == want and quarantine.num_rows == 0
+    assert docs.column("id").to_pylist() == [f"f.txt:{i}" for i in range(1, 7)]
+    assert rd.format_of("a.txt.zst") == "text" and rd.format_of("a.jsonl") == "jsonl" and rd.format_of("b.pq") == "parquet"

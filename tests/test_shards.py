@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from helpers_data import read_jsonl_zst, train_byte_level_bpe
-from stages import megatron, shards
+from stages import megatron, shards, storage
 from stages.encode import Encoder
 from stages.stochastok import SplitTable, document_keys, expand_flat
 
@@ -102,6 +102,9 @@ def run_pipeline(tok_path, records, out_dir, *, workers=1, mode="off", p=0.1, se
                   "shuffle_seed": shuffle_seed, "target_tokens": target},
     )
     shards.write_manifest(str(out_dir), manifest)
+    # writers of one shard may overlap, so none removes the others' temporaries; once all
+    # are done the leftovers of killed ones go (as the pipeline's runner does)
+    storage.remove_temporaries(str(out_dir))
     return manifest
 
 

@@ -131,7 +131,11 @@ class AccountingStep(Step):
         return {"summary": SUMMARY, "holds": True, "counters": {"records_read": rec["invariant"]["read"]}}
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict, run_root: str = "") -> str:
+    """The summary as the text table the CLI prints (paths under `run_root`)."""
+    def path(rel: str) -> str:
+        return storage.join(run_root, rel) if run_root else rel
+
     rows = [("read", summary["records_read"])]
     rows += [(f"dropped: {k}", v) for k, v in summary["dropped"].items()]
     rows += [(f"quarantined: {k}", v) for k, v in summary["quarantined"].items()]
@@ -143,7 +147,7 @@ def format_table(summary: dict) -> str:
     lines.append(f"  accounting: read {inv['read']:,} = kept + dropped + quarantined "
                  f"{inv['kept+dropped+quarantined (files)']:,} -> {verdict}")
     lines.append(f"  bytes read {summary['bytes_read']:,}, bytes kept {summary['bytes_kept']:,}")
-    lines.append(f"  output: {summary['output']}")
+    lines.append(f"  output: {path(summary['output'])}")
     if summary.get("shards"):
         for stream, t in summary["shards"]["totals"].items():
             lines.append(f"  shards ({stream}): {t['shards']} shards, {t['documents']:,} documents, {t['tokens']:,} tokens")
@@ -151,5 +155,5 @@ def format_table(summary: dict) -> str:
         if st:
             lines.append(f"  stochastok: p = {st['p']}, {st['attempts']:,} attempts, {st['replacements']:,} replacements "
                          f"over {st['input_tokens']:,} tokens: realized rate {st['realized_rate']:.4f}")
-        lines.append(f"  manifest: {summary['shards']['manifest']}")
+        lines.append(f"  manifest: {path(summary['shards']['manifest'])}")
     return "\n".join(lines)
