@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from pipelines.config import ConfigError, RunConfig, apply_overrides, parse_config, stable_hash
-from pipelines.engines import check_engine, engine_class
+from pipelines.engines import check_engine, engine_class, engines_with
 from pipelines.inputs import InputFile, PinnedFile, expand_inputs
 from pipelines.steps.accounting import AccountingStep
 from pipelines.steps.base import SUCCESS, Pins, Step
@@ -78,10 +78,11 @@ def check_config(cfg: RunConfig, steps: list[Step] | None = None) -> list[Step]:
     check_engine(cfg)
     offered = engine_class(cfg.engine.kind).capabilities
     for step in steps:
-        missing = step.requires(cfg) - offered
+        missing = sorted(step.requires(cfg) - offered)
         if missing:
-            raise ConfigError(f"{step.name} with this config needs an engine with {', '.join(sorted(missing))} "
-                              f"(engine.kind ray); engine.kind {cfg.engine.kind} has none. Change engine.kind or the "
+            kinds = " or ".join(k for k in engines_with(missing[0]))
+            raise ConfigError(f"{step.name} with this config needs an engine with {', '.join(missing)} "
+                              f"(engine.kind {kinds}); engine.kind {cfg.engine.kind} has none. Change engine.kind or the "
                               f"setting that needs it (e.g. tokenizer.train.merge_mode: single)")
     return steps
 

@@ -43,9 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
-
-from stages.storage import TMP_MARK, filesystem
+from stages.storage import TMP_MARK, LocalFileSystem, filesystem
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1

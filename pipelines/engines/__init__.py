@@ -11,7 +11,7 @@ import importlib
 from pipelines.config import ConfigError, EngineConfig
 from pipelines.engines.base import ACTORS, ActorGroup, Engine
 
-__all__ = ["ACTORS", "ActorGroup", "Engine", "check_engine", "engine_class", "make_engine"]
+__all__ = ["ACTORS", "ActorGroup", "Engine", "check_engine", "engine_class", "engines_with", "make_engine"]
 
 # kind -> (adapter class, the engine.* settings only that engine reads)
 ENGINES = {
@@ -19,6 +19,11 @@ ENGINES = {
     "ray": ("pipelines.engines.ray_engine:RayEngine", ("address",)),
     "beam": ("pipelines.engines.beam_engine:BeamEngine", ("beam",)),
 }
+
+
+def engines_with(capability: str) -> list[str]:
+    """The engine kinds that offer a capability (imports every adapter: for messages)."""
+    return [k for k in ENGINES if capability in engine_class(k).capabilities]
 
 
 def engine_class(kind: str) -> type[Engine]:
