@@ -13,9 +13,10 @@ $(BIN)/tokenmill: pyproject.toml setup.py $(wildcard native/*.pyx)
 
 setup: $(BIN)/tokenmill
 
-# The test suite also checks our shards with Megatron-LM's own reader (megatron-core + torch).
-$(VENV)/.megatron: $(BIN)/tokenmill
-	$(BIN)/pip install --quiet -e ".[test,megatron]"
+# The test suite also checks our shards with Megatron-LM's own reader (megatron-core + torch)
+# and runs the DAGs on a real Airflow (apache-airflow 3.3.2, about 1 GB with its packages).
+$(VENV)/.test-extras: $(BIN)/tokenmill
+	$(BIN)/pip install --quiet -e ".[test,megatron,airflow]"
 	touch $@
 
 ## make demo: set up, then run the whole pipeline on the bundled sample.
@@ -23,8 +24,8 @@ demo: setup
 	$(BIN)/tokenmill run configs/laptop.yaml
 
 ## make test: set up, then run the whole test suite (what CI runs).
-test: setup $(VENV)/.megatron
-	TOKENMILL_REQUIRE_MEGATRON=1 $(BIN)/python -m pytest -q --durations=15
+test: setup $(VENV)/.test-extras
+	TOKENMILL_REQUIRE_MEGATRON=1 TOKENMILL_REQUIRE_AIRFLOW=1 $(BIN)/python -m pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/bench_clean.py

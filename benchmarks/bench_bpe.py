@@ -99,7 +99,7 @@ def run_one(kind: str, data: str, vocab_size: int, out: str) -> dict:
             flags += ["--partitions", str(workers), "--merge-mode", "sharded" if kind.startswith("sharded") else "single"]
         plan = make_plan(parse_config(run_config(build_parser().parse_args(flags))))
         t0 = time.perf_counter()
-        engine = make_engine(plan.cfg, progress=False)
+        engine = make_engine(plan.cfg, progress=False).started()
         res["ray_startup"] = time.perf_counter() - t0 if workers else 0.0
         t0 = time.perf_counter()
         finished = {f.name: f for f in run_plan(plan, engine=engine)}

@@ -63,7 +63,7 @@ def main() -> int:
         return 2
 
     t0 = time.monotonic()
-    engine = make_engine(config(args.data, args.workers, "unused"), progress=False)
+    engine = make_engine(config(args.data, args.workers, "unused"), progress=False).started()
     ray_start = time.monotonic() - t0
     runs = [one_run(args.data, args.workers, engine) for _ in range(args.repeats)]
     engine.close()

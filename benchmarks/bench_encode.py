@@ -229,7 +229,7 @@ def main(argv: list[str]) -> int:
               f"({time.perf_counter() - t0:.1f} s, not timed)")
         configs = {mode: pipeline_config(tok_path, args.data, work / "run", args.workers, mode)
                    for mode in ("off", "expand", "both")}
-        engine = make_engine(configs["off"], progress=False)
+        engine = make_engine(configs["off"], progress=False).started()
         run(configs["off"], engine=engine, until="write")  # read + write once, not timed
         # warm-up, not timed: every worker process caches its encoder and split table, so
         # all timed runs start equally warm

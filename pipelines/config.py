@@ -49,7 +49,8 @@ class EngineConfig(Section):
     """Where tasks run. Each engine adapter (pipelines/engines) checks the settings it reads."""
 
     kind: Literal["ray", "local", "beam"] = "ray"
-    workers: int = Field(2, ge=1, description="parallel tasks: CPUs of the embedded Ray cluster, Beam's worker processes")
+    workers: int = Field(2, ge=1, description="parallel tasks: CPUs of the embedded Ray cluster, Beam's worker processes; "
+                                              "with engine.address, the CPUs to keep tasks in flight for (autoscaling)")
     address: str | None = Field(None, description="kind ray: a running cluster (ray://head:10001, or auto inside a job); "
                                                   "null starts an embedded one")
     beam: BeamConfig = BeamConfig()
@@ -148,6 +149,56 @@ class OutputConfig(Section):
                                                   "(for debugging); by default they are removed after _SUCCESS.json")
 
 
+class LeaseConfig(Section):
+    """One runner per step folder at a time (pipelines/lease.py)."""
+
+    timeout_seconds: float = Field(600.0, gt=0, description="a lease whose heartbeat is older than this is taken over")
+    heartbeat_seconds: float = Field(30.0, gt=0, description="how often the holder renews its lease")
+    wait: bool = Field(False, description="a second runner waits for the lease instead of exiting (exit 4)")
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> "LeaseConfig":
+        if self.heartbeat_seconds * 2 > self.timeout_seconds:
+            raise ValueError(f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half of timeout_seconds "
+                             f"({self.timeout_seconds}), or a live holder could look stale")
+        return self
+
+
+class RayJobConfig(Section):
+    address: str | None = Field(None, description="the Ray cluster's dashboard/job API, e.g. http://tokenmill-head-svc:8265")
+    entrypoint_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved for the job's driver (run-step)")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env of the job (env_vars, ...)")
+    poll_seconds: float = Field(5.0, gt=0)
+
+
+class AirflowConfig(Section):
+    """How the DAG built from this config (dags/) is scheduled; see infra/airflow/README.md."""
+
+    dag_id: str | None = Field(None, description="default: tokenmill_<config file name>")
+    schedule: str | None = Field(None, description="a cron expression or preset (@daily); null: triggered by hand or asset")
+    asset: str | None = Field(None, description="URI of the raw-data location: an event on this Asset triggers a run")
+    start_date: str = "2026-01-01"
+    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for the plan task, Jinja-templated by "
+                                                                   "Airflow, e.g. run_root=s3://b/runs/{{ ds }}")
+    retries: int = Field(3, ge=0)
+    retry_delay_seconds: float = Field(60.0, gt=0)
+    max_retry_delay_seconds: float = Field(3600.0, gt=0)
+    execution_timeout_seconds: float = Field(86400.0, gt=0, description="per step task")
+    step_timeouts: dict[str, float] = Field(default_factory=dict, description="per step name, overriding the above")
+    pool: str | None = Field(None, description="Airflow pool of the step tasks that use a cluster")
+    compute: Literal["worker", "ray_job"] = Field("worker", description="worker: run-step in the Airflow worker (with "
+                                                                        "engine.*); ray_job: run-step as a Ray job")
+    ray_job: RayJobConfig = RayJobConfig()
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> "AirflowConfig":
+        if self.schedule and self.asset:
+            raise ValueError("set schedule or asset, not both (a run is triggered by time or by new data)")
+        if self.compute == "ray_job" and not self.ray_job.address:
+            raise ValueError("compute ray_job needs ray_job.address (the cluster's job API, http://HEAD:8265)")
+        return self
+
+
 class RunConfig(Section):
     run_root: str = Field(description="fsspec URL under which every step writes <step>/<version>/")
     input: InputConfig
@@ -160,6 +211,8 @@ class RunConfig(Section):
     encode: EncodeConfig = EncodeConfig()
     shards: ShardsConfig = ShardsConfig()
     output: OutputConfig = OutputConfig()
+    lease: LeaseConfig = LeaseConfig()
+    airflow: AirflowConfig = AirflowConfig()
     progress: bool = True
     shuffle_rows_per_bucket: int = Field(500_000, gt=0, description="rows per bucket in dedup shuffles; sets bucket counts from the data, not the worker count")
 
@@ -197,8 +250,20 @@ def _explain(err: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def load_raw(path: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The YAML of a config file with overrides applied (not yet validated)."""
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, on top of its `base:` (a config file it extends, relative to it)."""
+    import os
+
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"config file {path!r} extends itself through base: ({' -> '.join(seen)})")
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
@@ -208,7 +273,17 @@ def load_raw(path: str, overrides: list[str] | None = None) -> dict[str, Any]:
         raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
-    return apply_overrides(raw, overrides or [])
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of a config file, got {base!r}")
+    return _merged(_read_yaml(os.path.join(os.path.dirname(path), base), seen + (os.path.abspath(path),)), raw)
+
+
+def load_raw(path: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML of a config file (on top of its `base:`) with overrides applied (not yet validated)."""
+    return apply_overrides(_read_yaml(path), overrides or [])
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> RunConfig:

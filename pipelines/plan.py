@@ -76,6 +76,10 @@ def check_config(cfg: RunConfig, steps: list[Step] | None = None) -> list[Step]:
     for step in steps:
         step.check(cfg)
     check_engine(cfg)
+    names = [s.name for s in steps]
+    unknown = sorted(set(cfg.airflow.step_timeouts) - set(names))
+    if unknown:
+        raise ConfigError(f"airflow.step_timeouts: no step {', '.join(unknown)} in this plan; its steps are {', '.join(names)}")
     offered = engine_class(cfg.engine.kind).capabilities
     for step in steps:
         missing = sorted(step.requires(cfg) - offered)

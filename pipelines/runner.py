@@ -2,8 +2,9 @@
 Airflow task do) or all of them in order (`run_plan`, what `tokenmill run` does).
 
 A step runs only when its inputs are finished and its pinned files are unchanged; it
-skips when its `_SUCCESS.json` exists; otherwise it resumes from its task records and
-writes `_SUCCESS.json` last, then removes its scratch.
+skips when its `_SUCCESS.json` exists; otherwise, holding the step folder's lease
+(pipelines/lease.py), it resumes from its task records, writes `_SUCCESS.json` last, then
+removes its scratch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 from pipelines.engines import Engine, make_engine
 from pipelines.inputs import PinnedFile, current
+from pipelines.lease import Lease, LeaseHeld
 from pipelines.plan import Plan, PlanError
 from pipelines.steps.base import SUCCESS, FinishedStep, StepContext, read_finished
 from stages import storage
@@ -46,9 +48,14 @@ def check_pins(plan: Plan, name: str) -> None:
             raise PlanError(f"{key}: {url} has other content than when the plan was made; {replan}")
 
 
-def run_step(plan: Plan, name: str, engine: Engine) -> FinishedStep:
+def lease_of(plan: Plan, name: str, owner: str = "", wait: bool | None = None) -> Lease:
+    c = plan.cfg.lease
+    return Lease(plan.step_url(name), name, owner or f"tokenmill run-step {name}", c.timeout_seconds, c.heartbeat_seconds,
+                 c.wait if wait is None else wait)
+
+
+def run_step(plan: Plan, name: str, engine: Engine, wait_for_lease: bool | None = None) -> FinishedStep:
     planned = plan.step(name)
-    step = plan.step_object(name)
     url = plan.step_url(name)
     success_url = storage.join(url, SUCCESS)
     unfinished = [n for n in planned.inputs if not plan.done(n)]
@@ -57,16 +64,32 @@ def run_step(plan: Plan, name: str, engine: Engine) -> FinishedStep:
                         f"finished; run `tokenmill run-step {plan.url} {unfinished[0]}` first")
     if storage.exists(success_url):
         log(f"{name}: done already ({url}), skipped")
-        remove_scratch(plan, name)  # in case a run was stopped while removing it
+        try:  # in case a run was stopped while removing its scratch
+            with lease_of(plan, name, wait=False):
+                remove_scratch(plan, name)
+        except LeaseHeld:
+            pass  # its holder cleans up
         return read_finished(url, name)
     check_pins(plan, name)
     missing = set(planned.requires) - engine.capabilities
     if missing:
         raise PlanError(f"step {name} needs an engine with {', '.join(sorted(missing))}; engine {engine.name} has none")
+    with lease_of(plan, name, wait=wait_for_lease) as lease:
+        if storage.exists(success_url):  # finished by the runner we waited for
+            log(f"{name}: done by the runner that held the lease ({url}), skipped")
+            return read_finished(url, name)
+        return _run_leased(plan, name, engine, lease)
+
+
+def _run_leased(plan: Plan, name: str, engine: Engine, lease: Lease) -> FinishedStep:
+    planned = plan.step(name)
+    step = plan.step_object(name)
+    url = plan.step_url(name)
+    success_url = storage.join(url, SUCCESS)
     log(f"{name}: running on {engine.name} -> {url}")
     ctx = StepContext(cfg=plan.cfg, engine=engine, name=name, url=url, run_root=plan.run_root,
                       inputs={n: read_finished(plan.step_url(n), n) for n in planned.inputs}, pins=plan.pins,
-                      version=planned.version, progress=plan.cfg.progress)
+                      version=planned.version, progress=plan.cfg.progress, lease=lease)
     before = engine.stats()
     t0 = time.monotonic()
     payload = step.run(ctx)
@@ -84,6 +107,7 @@ def run_step(plan: Plan, name: str, engine: Engine) -> FinishedStep:
                       **{k: round(v - before.get(k, 0), 3) for k, v in after.items()}},
         **payload,
     }
+    lease.check()  # only the lease holder finishes a step
     storage.atomic_write_json(success_url, record)
     remove_scratch(plan, name, temporaries=True)
     log(f"{name}: done in {seconds:,.1f}s")
@@ -101,7 +125,8 @@ def remove_scratch(plan: Plan, name: str, temporaries: bool = False) -> None:
         storage.remove_temporaries(url)
 
 
-def run_plan(plan: Plan, engine: Engine | None = None, until: str | None = None) -> list[FinishedStep]:
+def run_plan(plan: Plan, engine: Engine | None = None, until: str | None = None,
+             wait_for_lease: bool | None = None) -> list[FinishedStep]:
     """Every step of the plan in order (up to and including `until`)."""
     names = plan.names
     if until is not None:
@@ -111,7 +136,7 @@ def run_plan(plan: Plan, engine: Engine | None = None, until: str | None = None)
     own = engine is None
     engine = engine or make_engine(plan.cfg, plan.cfg.progress)
     try:
-        return [run_step(plan, n, engine) for n in names]
+        return [run_step(plan, n, engine, wait_for_lease) for n in names]
     finally:
         if own:
             engine.close()

@@ -48,9 +48,10 @@ def make_config(tmp_path, laptop_raw):
     return _make
 
 
-def tokenmill(*args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess, as a user would."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def tokenmill(*args: str, check: bool = True, timeout: float = 600, env: dict | None = None,
+              **kw) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would (`env`: variables to add)."""
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=env, **kw)
     if check and proc.returncode != 0:
@@ -72,3 +73,15 @@ def reference_run(tmp_path_factory, laptop_raw):
     t0 = time.monotonic()
     proc = tokenmill("run", str(cfg))
     return tmp / "run", cfg, time.monotonic() - t0, proc
+
+
+def require_airflow() -> None:
+    """Airflow (extra `airflow`) for the DAG tests: skipped when it is not installed, except
+    under `make test`, which installs it and sets TOKENMILL_REQUIRE_AIRFLOW=1 so that a
+    missing install fails instead of skipping."""
+    import importlib.util
+
+    if importlib.util.find_spec("airflow") is None:
+        if os.environ.get("TOKENMILL_REQUIRE_AIRFLOW") == "1":
+            raise RuntimeError("apache-airflow is not installed: pip install -e '.[airflow]'")
+        pytest.skip("apache-airflow is not installed (pip install -e '.[airflow]')", allow_module_level=True)

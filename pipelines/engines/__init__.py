@@ -11,7 +11,7 @@ import importlib
 from pipelines.config import ConfigError, EngineConfig
 from pipelines.engines.base import ACTORS, ActorGroup, Engine
 
-__all__ = ["ACTORS", "ActorGroup", "Engine", "check_engine", "engine_class", "engines_with", "make_engine"]
+__all__ = ["ACTORS", "ActorGroup", "Engine", "LazyEngine", "check_engine", "engine_class", "engines_with", "make_engine"]
 
 # kind -> (adapter class, the engine.* settings only that engine reads)
 ENGINES = {
@@ -51,5 +51,42 @@ def check_engine(cfg) -> None:
     cls.check(cfg)
 
 
+class LazyEngine(Engine):
+    """The configured engine, started on first use: a run that finds its steps done, or is
+    refused, starts no Ray cluster and no Beam pipeline."""
+
+    def __init__(self, cfg, progress: bool = True):
+        cls = engine_class(cfg.engine.kind)
+        super().__init__(workers=cfg.engine.workers)
+        self.name, self.capabilities = cls.name, cls.capabilities
+        self._cls, self._cfg, self._progress = cls, cfg, progress
+        self._engine: Engine | None = None
+
+    def started(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._cls(self._cfg, self._progress)
+        self.workers = self._engine.workers
+        return self._engine
+
+    def run(self, tasks, label, on_done=None) -> None:
+        self.started().run(tasks, label, on_done)
+        self.workers = self._engine.workers
+
+    def run_phases(self, phases, on_done=None) -> None:
+        self.started().run_phases(phases, on_done)
+        self.workers = self._engine.workers
+
+    def actors(self, cls, args):
+        return self.started().actors(cls, args)
+
+    def stats(self) -> dict:
+        return self._engine.stats() if self._engine is not None else {}
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
 def make_engine(cfg, progress: bool = True) -> Engine:
-    return engine_class(cfg.engine.kind)(cfg, progress)
+    """The configured engine (started when first used)."""
+    return LazyEngine(cfg, progress)

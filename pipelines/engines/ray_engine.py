@@ -63,14 +63,21 @@ class RayEngine(Engine):
                 ray.init(num_cpus=ec.workers, **kwargs)
                 self._owns_cluster = True
         self.startup_seconds = time.monotonic() - t0
-        super().__init__(workers=int(ray.cluster_resources().get("CPU", ec.workers)))
+        # On a cluster that autoscales, the tasks in flight are what asks it to grow: keep
+        # enough of them for engine.workers CPUs even while fewer are up.
+        self._min_workers = ec.workers if ec.address else 0
+        super().__init__(workers=self._cluster_cpus())
         self._remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(run_task)
+
+    def _cluster_cpus(self) -> int:
+        return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
 
     def run(self, tasks: list[Task], label: str, on_done: OnDone | None = None) -> None:
         ray = self._ray
+        self.workers = self._cluster_cpus()  # nodes come and go
         # Bounded in-flight tasks: enough to keep every CPU busy without flooding the
         # object store with tasks that cannot start yet.
-        window = max(2, 2 * self.workers)
+        window = max(2, 2 * max(self.workers, self._min_workers))
         tasks = heaviest_first(tasks)  # the longest tasks start first: a shorter tail
         pending: dict[Any, Task] = {}
         next_i = 0

@@ -28,7 +28,7 @@ import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -92,6 +92,7 @@ class StepContext:
     version: str = ""
     progress: bool = True
     phases: dict[str, dict] = field(default_factory=dict)
+    lease: Any = None  # pipelines.lease.Lease of the runner, checked around every submission
 
     @property
     def compression(self) -> str:
@@ -133,6 +134,8 @@ class StepContext:
             planned.append((ph, tasks, [t for i, t in enumerate(tasks) if i not in records], records))
         todo = [(f"{self.name}/{ph.name}", left) for ph, _, left, _ in planned if left]
         if todo:
+            if self.lease is not None:
+                self.lease.check()  # a runner whose lease was taken over stops at the next phase
             clear_errors([t for _, left in todo for t in left])
             labels = [(ph.desc or f"{self.name}: {ph.name}") + (f" ({len(done)} resumed)" if done else "")
                       for ph, _, left, done in planned if left]
@@ -146,6 +149,8 @@ class StepContext:
                 self.engine.run_phases(todo, on_done)
             finally:
                 bar.close()
+            if self.lease is not None:
+                self.lease.check()
         out = []
         for ph, tasks, left, records in planned:
             if left:
