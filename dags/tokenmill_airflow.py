@@ -176,8 +176,7 @@ def build_dag(config_path: str | os.PathLike) -> DAG:
         doc_md=__doc__,
     )
     with dag:
-        plan = PlanOperator(task_id="plan", arguments=["plan", str(path), *[x for kv in a.overrides for x in ("--set", kv)]],
-                            retries=a.retries)
+        plan = PlanOperator(task_id="plan", arguments=["plan", str(path), *[x for kv in a.overrides for x in ("--set", kv)]])
         tasks: dict[str, StepOperator] = {}
         for s in steps:
             task = StepOperator(
