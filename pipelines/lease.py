@@ -8,7 +8,9 @@ step is done. A second runner finds the lease and exits with a message naming th
 is logged; so is, at once, a lease whose holder ran on this host and whose process is gone.
 `_SUCCESS.json` and the removal of scratch happen only while the lease is still
 held (`Lease.check`), so a runner that lost its lease (it stalled past the timeout and
-another took over) stops instead of finishing a step twice.
+another took over) stops instead of finishing a step twice: its heartbeat thread, finding
+the lease gone, interrupts the main thread, and whatever the runner was doing ends as
+LeaseLost (exit 4).
 
 Taking a free lease is an exclusive create (atomic on local and POSIX shared
 filesystems). A takeover writes the new lease and reads it back; of two runners taking
@@ -19,6 +21,7 @@ timeout (NTP does).
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import socket
@@ -137,15 +140,22 @@ class Lease:
             held = read_holder(self.url)
             if held is None or held.token != self.token:
                 self._lost = "taken over by " + (held.describe() if held else "nobody (the lease file is gone)")
+                _thread.interrupt_main()  # stop the work now: another runner owns the step
                 return
             storage.atomic_write_json(self.url, asdict(self._mine(held.acquired or acquired)))
 
+    def held(self) -> bool:
+        held = read_holder(self.url)
+        return not self._lost and held is not None and held.token == self.token
+
     def check(self) -> None:
         """Raise LeaseLost unless this runner still holds the lease."""
-        held = read_holder(self.url)
-        if self._lost or held is None or held.token != self.token:
-            raise LeaseLost(f"step {self.step}: this runner's lease was {self._lost or 'lost'}; stopping without "
-                            "finishing the step (the holder finishes it)")
+        if not self.held():
+            raise self.lost_error()
+
+    def lost_error(self) -> LeaseLost:
+        return LeaseLost(f"step {self.step}: this runner's lease was {self._lost or 'lost'}; stopping without "
+                         "finishing the step (the holder finishes it)")
 
     def release(self) -> None:
         self._stop.set()

@@ -78,7 +78,12 @@ def run_step(plan: Plan, name: str, engine: Engine, wait_for_lease: bool | None 
         if storage.exists(success_url):  # finished by the runner we waited for
             log(f"{name}: done by the runner that held the lease ({url}), skipped")
             return read_finished(url, name)
-        return _run_leased(plan, name, engine, lease)
+        try:
+            return _run_leased(plan, name, engine, lease)
+        except BaseException as exc:
+            if not lease.held():  # whatever broke, it broke because another runner took the step over
+                raise lease.lost_error() from exc
+            raise
 
 
 def _run_leased(plan: Plan, name: str, engine: Engine, lease: Lease) -> FinishedStep:
